@@ -1,0 +1,176 @@
+"""The invalidation bus: Redis pub/sub carrying "drop key K" notices between processes.
+
+One listener per process runs in a daemon thread (a greenlet once gevent has patched
+``threading``), started on first use and never on a request's critical path.
+
+Missed notices are the failure this module exists for. redis-py reconnects and
+resubscribes a PubSub silently, and messages published in the gap are lost, so:
+
+* every ``subscribe`` confirmation (the first included) flushes L1: whatever L1 holds may
+  have missed notices before the subscription was (re)established;
+* any error on the connection marks the bus down and flushes L1 at once;
+* a watchdog PINGs every ``health_check_interval``; a PONG later than
+  ``health_check_timeout`` means a half-open or stalled connection: drop it, flush, reconnect
+  (redis-py's own ``health_check_interval`` sends PINGs but never waits for the PONG);
+* while the bus is down, the cache stores L1 entries with ``degraded_l1_ttl`` only.
+
+So an L1 entry is served at most ``health_check_interval + health_check_timeout`` (detection)
+or ``degraded_l1_ttl`` after an invalidation it missed, whichever is larger.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from .codec import Codec
+from .config import CacheConfig
+from .errors import CorruptValueError
+from .stats import Counters
+
+logger = logging.getLogger("fleetcache")
+
+_POLL = 0.1  # longest sleep in get_message: bounds how late stop() and the watchdog run
+
+
+class _BusStalledError(Exception):
+    """The watchdog's PING got no PONG in time."""
+
+
+class InvalidationBus:
+    """Publishes nothing itself (writes do, inside their MULTI); listens and applies."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        channel: str,
+        codec: Codec,
+        config: CacheConfig,
+        counters: Counters,
+        on_key: Callable[[str], None],
+        on_flush: Callable[[], None],
+    ) -> None:
+        self.sender_id = os.urandom(8)
+        self.connected = False
+        self._client = client
+        self._channel = channel
+        self._codec = codec
+        self._config = config
+        self._counters = counters
+        self._on_key = on_key
+        self._on_flush = on_flush
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ever_connected = False
+
+    def message(self, key: str | None) -> bytes:
+        """The notice for ``key`` (None: flush everything), tagged with our sender id."""
+        return self._codec.encode_payload((self.sender_id, key))
+
+    def start(self) -> None:
+        """Start the listener (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="fleetcache-invalidation", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the listener and wait for it to close its connection."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Block until subscribed (for hooks and tests that need a live bus)."""
+        deadline = time.monotonic() + timeout
+        while not self.connected and time.monotonic() < deadline and not self._stop.is_set():
+            time.sleep(0.005)
+        return self.connected
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while not self._stop.is_set():
+            try:
+                self._listen()
+                backoff = 0.05
+            except (redis.RedisError, OSError, _BusStalledError) as exc:
+                self._mark_down(exc)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self._config.reconnect_backoff)
+            except Exception:  # never let the listener die: a dead listener means stale L1
+                logger.exception("fleetcache: invalidation listener error; restarting")
+                self._mark_down(None)
+                self._stop.wait(backoff)
+        self.connected = False
+
+    def _listen(self) -> None:
+        pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
+        try:
+            pubsub.subscribe(self._channel)
+            interval = self._config.health_check_interval
+            next_ping = time.monotonic() + interval
+            pending: tuple[bytes, float] | None = None  # (token, deadline)
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if pending is not None and now > pending[1]:
+                    raise _BusStalledError("no PONG within health_check_timeout")
+                if pending is None and now >= next_ping:
+                    token = os.urandom(6).hex().encode()
+                    pending = (token, now + self._config.health_check_timeout)
+                    pubsub.ping(token)
+                    next_ping = now + interval
+                wait = min(_POLL, max(0.0, (pending[1] if pending else next_ping) - now))
+                msg = pubsub.get_message(timeout=wait)
+                if msg is None:
+                    continue
+                kind = msg["type"]
+                if kind == "message":
+                    self._apply(msg["data"])
+                elif kind == "pong":
+                    if pending is not None and msg["data"] == pending[0]:
+                        pending = None
+                elif kind == "subscribe":
+                    self._mark_up()
+        finally:
+            self.connected = False
+            pubsub.close()
+
+    def _apply(self, data: Any) -> None:
+        try:
+            sender, key = self._codec.decode_payload(data)
+        except (CorruptValueError, TypeError, ValueError):
+            logger.warning("fleetcache: ignoring a malformed invalidation message")
+            return
+        if sender == self.sender_id:
+            return  # our own write: already applied locally, in order
+        self._counters.invalidations_received += 1
+        if key is None:
+            self._on_flush()
+        elif isinstance(key, str):
+            self._on_key(key)
+
+    def _mark_up(self) -> None:
+        # Flush before declaring the bus up: entries stored until now may have missed notices.
+        self._on_flush()
+        if self._ever_connected:
+            self._counters.reconnects += 1
+            logger.warning("fleetcache: invalidation bus reconnected; L1 flushed")
+        self._ever_connected = True
+        self.connected = True
+
+    def _mark_down(self, exc: BaseException | None) -> None:
+        was_connected = self.connected
+        self.connected = False
+        self._on_flush()
+        if was_connected:
+            logger.warning("fleetcache: invalidation bus down (%s); L1 flushed, "
+                           "reconnecting", type(exc).__name__ if exc else "error")

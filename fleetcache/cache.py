@@ -1,0 +1,520 @@
+"""FleetCache: the front that composes L1, L2, the invalidation bus and the locks.
+
+Read path: L1 -> L2 -> compute. Writes go to L2 together with their invalidation notice,
+then to this process's L1. See README "Consistency and outages" for the guarantees.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar, overload
+
+from . import _fork
+from .bus import InvalidationBus
+from .codec import Codec
+from .config import CacheConfig, check_seconds
+from .decorator import CachedFunction
+from .errors import (
+    BackendError,
+    CacheClosedError,
+    CorruptValueError,
+    InvalidArgumentError,
+    InvalidKeyError,
+)
+from .l1 import LocalStore, monotonic
+from .l2 import RedisStore, make_client
+from .locks import FleetLock, KeyedLocks
+from .stats import CacheStats, Counters
+from .strategy import CacheStrategy
+from .streams import Fields, StreamEntry, Streams
+
+logger = logging.getLogger("fleetcache")
+
+T = TypeVar("T")
+P = ParamSpec("P")
+D = TypeVar("D")
+
+_MISSING: Any = object()
+_WAIT_FIRST = 0.001  # first poll of a waiter; doubles up to _WAIT_CAP
+_WAIT_CAP = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """What :meth:`FleetCache.health` found, for readiness probes and dashboards."""
+
+    redis_ok: bool
+    redis_latency_ms: float | None
+    bus_connected: bool
+    l1_size: int
+    pid: int
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Redis answers and the invalidation bus is subscribed."""
+        return self.redis_ok and self.bus_connected
+
+
+class _Process:
+    """Everything bound to one process: connections, the listener, locks, waiters."""
+
+    def __init__(self, cache: FleetCache) -> None:
+        config = cache.config
+        self.client = make_client(config)
+        self.l2 = RedisStore(self.client, config.namespace)
+        self.streams = Streams(self.client, config.namespace, config.stream_timeout_margin)
+        self.flights = KeyedLocks()  # coalesces computes of one key
+        self.writes = KeyedLocks()  # orders this process's writes of one key
+        self.waiters: dict[str, threading.Event] = {}
+        self.lock_prefix = f"{config.namespace}:lock:"
+        self.bus = InvalidationBus(
+            self.client, channel=self.l2.channel, codec=cache._codec, config=config,
+            counters=cache._counters,
+            on_key=cache._on_remote_invalidation, on_flush=cache._flush_l1,
+        )
+        self.bus.start()
+
+    def close(self) -> None:
+        self.bus.stop()
+        self.client.connection_pool.disconnect()
+
+
+class FleetCache:
+    """A two-tier cache shared by a fleet of processes.
+
+    Make one per application (module level is fine, before fork too) and use it from any
+    thread or greenlet. Values are anything msgspec encodes as MessagePack; values served
+    from L1 are the same object for every caller of a process, so treat them as read-only.
+    """
+
+    def __init__(self, config: CacheConfig | None = None, **options: Any) -> None:
+        """``FleetCache()`` reads ``FLEETCACHE_REDIS_URL``/``REDIS_URL``; options override."""
+        if config is None:
+            config = CacheConfig.from_env(**options)
+        elif options:
+            config = config.replace(**options)
+        self.config = config
+        self._codec = Codec(config.max_value_bytes)
+        self._closed = False
+        self._reset_process_state()
+        _fork.register(self)
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> FleetCache:
+        """A cache on ``url`` (``redis://``, ``rediss://``, ``unix://``); options as keywords."""
+        return cls(CacheConfig(url=url, **options))
+
+    def __repr__(self) -> str:
+        return f"FleetCache(url={self.config.safe_url!r}, namespace={self.config.namespace!r})"
+
+    # -- process-bound state ---------------------------------------------------------------
+
+    def _reset_process_state(self) -> None:
+        self._l1 = LocalStore(self.config.l1_capacity)
+        self._l1_get = self._l1.data.get  # bound once: the hit path's only lookup
+        self._counters = Counters()
+        self._proc: _Process | None = None
+        self._init_lock = threading.Lock()
+
+    def _after_fork_in_child(self) -> None:
+        # Drop (never close: the parent still uses them) the parent's connections and
+        # listener; the child builds its own on first use. Its L1 starts empty: it has heard
+        # no invalidation yet.
+        self._reset_process_state()
+
+    def _process(self) -> _Process:
+        proc = self._proc
+        if proc is None:
+            with self._init_lock:
+                if self._closed:
+                    raise CacheClosedError("this FleetCache was closed")
+                proc = self._proc
+                if proc is None:
+                    proc = self._proc = _Process(self)
+        return proc
+
+    def connect(self, wait: float = 0.0) -> bool:
+        """Open connections and start the listener now (gunicorn ``post_fork`` does this).
+
+        With ``wait`` > 0, wait that long for the subscription; True if the bus is up.
+        """
+        bus = self._process().bus
+        return bus.wait_connected(wait) if wait > 0 else bus.connected
+
+    def close(self) -> None:
+        """Stop the listener, close connections, drop L1. Further use raises."""
+        with self._init_lock:
+            self._closed = True
+            proc, self._proc = self._proc, None
+        self._flush_l1()
+        if proc is not None:
+            proc.close()
+
+    def __enter__(self) -> FleetCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reads -----------------------------------------------------------------------------
+
+    @overload
+    def get(self, key: str) -> Any: ...
+    @overload
+    def get(self, key: str, default: D) -> Any | D: ...
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of ``key``, or ``default`` on a miss (a cached None is returned as None).
+
+        Never raises for Redis trouble: an unreachable Redis or a corrupt entry is a miss.
+        """
+        entry = self._l1_get(key)
+        if entry is not None and entry[1] > monotonic():
+            self._counters.l1_hits += 1
+            return entry[0]
+        return self._get_slow(key, default)
+
+    def _get_slow(self, key: str, default: Any) -> Any:
+        self._check_key(key)
+        proc = self._process()
+        seq = self._l1.seq
+        try:
+            blob = proc.l2.get(key)
+        except BackendError as exc:
+            self._read_failed(exc)
+            blob = None
+        value = self._accept(key, blob, seq)
+        if value is _MISSING:
+            self._counters.misses += 1
+            return default
+        self._counters.l2_hits += 1
+        return value
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
+        """The found values of ``keys`` (missing keys absent), with one MGET for the L1 misses."""
+        found: dict[str, Any] = {}
+        cold: list[str] = []
+        for key in keys:
+            entry = self._l1.get(key)
+            if entry is not None:
+                self._counters.l1_hits += 1
+                found[key] = entry[0]
+            else:
+                self._check_key(key)
+                cold.append(key)
+        if not cold:
+            return found
+        proc = self._process()
+        seq = self._l1.seq
+        try:
+            blobs: list[bytes | None] = proc.l2.get_many(cold)
+        except BackendError as exc:
+            self._read_failed(exc)
+            blobs = [None] * len(cold)
+        for key, blob in zip(cold, blobs, strict=True):
+            value = self._accept(key, blob, seq)
+            if value is _MISSING:
+                self._counters.misses += 1
+            else:
+                self._counters.l2_hits += 1
+                found[key] = value
+        return found
+
+    def _accept(self, key: str, blob: bytes | None, seq: int) -> Any:
+        """Decode an L2 reply and promote it into L1 if no invalidation raced the read."""
+        if blob is None:
+            return _MISSING
+        try:
+            value, expires_at_ms = self._codec.decode(blob)
+        except CorruptValueError as exc:
+            self._counters.corrupt_values += 1
+            if self._counters.corrupt_values == 1:
+                logger.warning("fleetcache: corrupt or foreign value under key %r read as a "
+                               "miss (%s); further ones are only counted", key, exc)
+            return _MISSING
+        ttl = min(self._l1_ttl(), expires_at_ms / 1000.0 - time.time())
+        if ttl > 0 and self._l1.store_if_unchanged(key, value, ttl, seq):
+            self._counters.promotions += 1
+        return value
+
+    def _l1_ttl(self) -> float:
+        """L1 life for new entries: short while invalidations cannot reach us."""
+        proc = self._proc
+        if proc is not None and proc.bus.connected:
+            return self.config.l1_ttl
+        return min(self.config.l1_ttl, self.config.degraded_l1_ttl)
+
+    def _read_failed(self, exc: BaseException) -> None:
+        counters = self._counters
+        counters.redis_errors += 1
+        if counters.redis_errors & (counters.redis_errors - 1) == 0:  # 1st, 2nd, 4th, 8th...
+            logger.warning("fleetcache: Redis read failed, serving as a miss (%d so far): %s",
+                           counters.redis_errors, exc)
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def set(
+        self, key: str, value: Any, *, ttl: float | None = None,
+        strategy: CacheStrategy | None = None,
+    ) -> None:
+        """Store ``value`` in L2 and this process's L1, and drop ``key`` from every other L1.
+
+        Raises ``ValueEncodeError``/``ValueTooLargeError`` before anything is written, and
+        ``BackendError`` if Redis cannot be reached (the fleet could not be told).
+        """
+        self._check_key(key)
+        seconds = self._resolve_ttl(ttl, strategy)
+        blob = self._codec.encode(key, value, int((time.time() + seconds) * 1000))
+        proc = self._process()
+        with proc.writes.hold(key):
+            try:
+                proc.l2.set_and_publish(key, blob, int(seconds * 1000), proc.bus.message(key))
+            except BackendError:
+                self._l1.invalidate(key)  # unknown outcome: never keep the old value locally
+                raise
+            self._counters.invalidations_sent += 1
+            self._l1.put(key, value, min(seconds, self._l1_ttl()))
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key`` from L2 and from every process's L1; True if it existed in L2."""
+        self._check_key(key)
+        proc = self._process()
+        with proc.writes.hold(key):
+            self._l1.invalidate(key)
+            existed = proc.l2.delete_and_publish(key, proc.bus.message(key))
+            self._counters.invalidations_sent += 1
+        return existed
+
+    def clear(self) -> int:
+        """Delete every value of this namespace and flush every process's L1.
+
+        Locks and streams are left alone. Returns how many values were deleted.
+        """
+        proc = self._process()
+        self._flush_l1()
+        deleted = proc.l2.clear_and_publish(proc.bus.message(None))
+        self._counters.invalidations_sent += 1
+        return deleted
+
+    # -- compute ---------------------------------------------------------------------------
+
+    def get_or_compute(
+        self, key: str, compute: Callable[[], T], *, ttl: float | None = None,
+        strategy: CacheStrategy | None = None,
+    ) -> T:
+        """The cached value of ``key``, or ``compute()``'s result, computed once fleet-wide.
+
+        Threads of this process share one in-process lock per key; processes share one
+        Redlock per key. Losers wait for the winner's value (woken by its notice, polling
+        L2 with backoff as a fallback). If the winner dies, its lock expires after
+        ``lock_timeout`` and a waiter takes over. If ``compute`` raises, the error reaches
+        its caller, nothing is cached, and the next caller computes.
+        """
+        entry = self._l1_get(key)
+        if entry is not None and entry[1] > monotonic():
+            self._counters.l1_hits += 1
+            return entry[0]  # type: ignore[no-any-return]
+        self._check_key(key)
+        seconds = self._resolve_ttl(ttl, strategy)
+        proc = self._process()
+        with proc.flights.hold(key):
+            entry = self._l1.get(key)  # filled by the thread we waited for?
+            if entry is not None:
+                self._counters.l1_hits += 1
+                return entry[0]  # type: ignore[no-any-return]
+            return self._fill(proc, key, compute, seconds)
+
+    def _fill(self, proc: _Process, key: str, compute: Callable[[], T], ttl: float) -> T:
+        seq = self._l1.seq
+        try:
+            value = self._accept(key, proc.l2.get(key), seq)
+        except BackendError as exc:  # Redis down: compute here, cache in L1 only
+            self._read_failed(exc)
+            return self._compute_unlocked(key, compute, ttl)
+        if value is not _MISSING:
+            self._counters.l2_hits += 1
+            return value  # type: ignore[no-any-return]
+        self._counters.misses += 1
+        deadline = monotonic() + self.config.lock_timeout
+        while True:
+            lock = FleetLock(proc.client, proc.lock_prefix + key, self.config.lock_timeout)
+            try:
+                acquired = lock.try_acquire()
+            except BackendError as exc:
+                self._read_failed(exc)
+                return self._compute_unlocked(key, compute, ttl)
+            if acquired:
+                return self._compute_locked(proc, lock, key, compute, ttl)
+            value = self._wait_for_value(proc, key, lock.key, deadline)
+            if value is not _MISSING:
+                return value  # type: ignore[no-any-return]
+            if monotonic() >= deadline:
+                logger.warning("fleetcache: waited lock_timeout for %r; computing without "
+                               "the fleet lock", key)
+                return self._compute_unlocked(key, compute, ttl)
+
+    def _compute_locked(
+        self, proc: _Process, lock: FleetLock, key: str, compute: Callable[[], T], ttl: float
+    ) -> T:
+        try:
+            seq = self._l1.seq
+            # The previous holder may have stored and released between our GET and acquire.
+            try:
+                value = self._accept(key, proc.l2.get(key), seq)
+            except BackendError as exc:
+                self._read_failed(exc)
+                value = _MISSING
+            if value is _MISSING:
+                value = self._run(compute)
+                self._store_computed(proc, key, value, ttl, seq)
+            return value  # type: ignore[no-any-return]
+        finally:
+            lock.release()
+
+    def _compute_unlocked(self, key: str, compute: Callable[[], T], ttl: float) -> T:
+        """Degraded path: compute without the fleet lock; keep the value in L1 only."""
+        seq = self._l1.seq
+        value = self._run(compute)
+        self._l1.store_if_unchanged(key, value, min(ttl, self._l1_ttl()), seq)
+        return value
+
+    def _run(self, compute: Callable[[], T]) -> T:
+        counters = self._counters
+        counters.computes += 1
+        counters.in_flight += 1
+        try:
+            return compute()
+        finally:
+            counters.in_flight -= 1
+
+    def _store_computed(self, proc: _Process, key: str, value: Any, ttl: float, seq: int) -> None:
+        """SET NX + notice; a failure to store is logged, the computed value still returned."""
+        blob = self._codec.encode(key, value, int((time.time() + ttl) * 1000))
+        try:
+            # NX: a set() that landed during the compute is newer than what we computed.
+            stored = proc.l2.set_and_publish(
+                key, blob, int(ttl * 1000), proc.bus.message(key), only_if_absent=True
+            )
+        except BackendError as exc:
+            self._read_failed(exc)
+            stored = False
+        if stored:
+            self._counters.invalidations_sent += 1
+            self._l1.store_if_unchanged(key, value, min(ttl, self._l1_ttl()), seq)
+
+    def _wait_for_value(self, proc: _Process, key: str, lock_key: str, deadline: float) -> Any:
+        """Wait for another process's compute: the value, or _MISSING once its lock is gone."""
+        self._counters.lock_waits += 1
+        event = proc.waiters[key] = threading.Event()
+        delay = _WAIT_FIRST
+        try:
+            while True:
+                event.wait(min(delay, max(0.0, deadline - monotonic())))
+                event.clear()
+                delay = min(delay * 2, _WAIT_CAP)
+                seq = self._l1.seq
+                blob, held = proc.l2.get_and_check_lock(key, lock_key)
+                value = self._accept(key, blob, seq)
+                if value is not _MISSING or not held or monotonic() >= deadline:
+                    return value
+        except BackendError as exc:
+            self._read_failed(exc)
+            return _MISSING
+        finally:
+            proc.waiters.pop(key, None)
+
+    def cached(
+        self, ttl: float | None = None, *, strategy: CacheStrategy | None = None,
+        key_prefix: str | None = None,
+    ) -> Callable[[Callable[P, T]], CachedFunction[P, T]]:
+        """Decorator: cache a function's result under a key built from its name and args.
+
+        Arguments must be MessagePack-encodable. The wrapper has ``.key(*args, **kw)`` and
+        ``.invalidate(*args, **kw)``.
+        """
+        if ttl is not None or strategy is not None:
+            self._resolve_ttl(ttl, strategy)  # fail at decoration time, not on first call
+
+        def decorate(fn: Callable[P, T]) -> CachedFunction[P, T]:
+            prefix = key_prefix or f"fn:{fn.__module__}.{fn.__qualname__}"
+            return CachedFunction(self, fn, prefix, ttl, strategy)
+
+        return decorate
+
+    # -- remote notices --------------------------------------------------------------------
+
+    def _on_remote_invalidation(self, key: str) -> None:
+        self._l1.invalidate(key)
+        proc = self._proc
+        if proc is not None:
+            event = proc.waiters.get(key)
+            if event is not None:
+                event.set()  # the winner's fill notice: wake our waiter now
+
+    def _flush_l1(self) -> None:
+        self._l1.clear()
+
+    # -- streams ---------------------------------------------------------------------------
+
+    def publish_to_stream(self, stream: str, fields: Fields, maxlen: int | None = None) -> str:
+        """Append an entry (``str -> str`` fields) trimmed to about ``maxlen``; its id."""
+        return self._process().streams.publish(stream, fields, maxlen or self.config.stream_maxlen)
+
+    def read_stream_latest(self, stream: str, count: int = 10) -> list[StreamEntry]:
+        """The newest ``count`` entries, newest first: ``[(id, {field: value}), ...]``."""
+        return self._process().streams.latest(stream, count)
+
+    def read_stream(
+        self, stream: str, last_id: str = "$", count: int = 10, block_ms: int | None = None
+    ) -> list[StreamEntry]:
+        """Entries after ``last_id``, oldest first; with ``block_ms``, wait that long."""
+        return self._process().streams.read(stream, last_id, count, block_ms)
+
+    # -- introspection ---------------------------------------------------------------------
+
+    def stats(self) -> CacheStats:
+        """This process's counters (cheap; no Redis call)."""
+        return CacheStats.of(self._counters)
+
+    def health(self) -> Health:
+        """PING Redis and report round trip, bus state and L1 size. Never raises for Redis."""
+        proc = self._process()
+        start = time.perf_counter()
+        try:
+            proc.l2.call("PING", proc.client.ping)
+        except BackendError as exc:
+            return Health(False, None, proc.bus.connected, len(self._l1), _pid(), str(exc))
+        latency = (time.perf_counter() - start) * 1000
+        return Health(True, round(latency, 3), proc.bus.connected, len(self._l1), _pid())
+
+    # -- validation ------------------------------------------------------------------------
+
+    def _check_key(self, key: object) -> None:
+        if not isinstance(key, str) or not key:
+            raise InvalidKeyError(f"cache keys are non-empty str, got {key!r:.80}")
+        if len(key) > self.config.max_key_length:
+            raise InvalidKeyError(
+                f"key of {len(key)} characters exceeds max_key_length="
+                f"{self.config.max_key_length}: {key[:40]!r}..."
+            )
+
+    def _resolve_ttl(self, ttl: float | None, strategy: CacheStrategy | None) -> float:
+        if ttl is not None and strategy is not None:
+            raise InvalidArgumentError("give ttl or strategy, not both")
+        if strategy is not None:
+            if not isinstance(strategy, CacheStrategy):
+                raise InvalidArgumentError(f"strategy must be a CacheStrategy, got {strategy!r}")
+            return strategy.ttl
+        if ttl is None:
+            return self.config.default_ttl
+        return check_seconds("ttl", ttl)
+
+
+def _pid() -> int:
+    return os.getpid()

@@ -1,0 +1,121 @@
+"""All settings in one frozen, validated object, with every default and its unit.
+
+Timeouts are deliberately short: a cache that waits seconds for a sick Redis is worse than
+a miss (redis-py's own defaults stall a GET for ~4 s on a refused port and ~1 min on a
+stopped server).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from dataclasses import dataclass
+
+from .errors import ConfigError, InvalidArgumentError
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+
+_MAX_TTL = 10 * 365 * 24 * 3600.0  # ten years: anything longer is a bug, not a TTL
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """Settings of one :class:`~fleetcache.FleetCache`.
+
+    Attributes (seconds unless stated):
+        url: Redis/Valkey URL (``redis://``, ``rediss://``, ``unix://``), password allowed.
+        namespace: prefix of every key, channel, lock and stream: two apps can share a Redis.
+        l1_capacity: entries kept per process; the oldest-inserted is evicted at capacity.
+        l1_ttl: longest life of an L1 entry (never beyond the entry's L2 TTL).
+        default_ttl: L2 TTL when a call gives neither ``ttl`` nor ``strategy``.
+        stream_maxlen: approximate MAXLEN of ``publish_to_stream`` when none is given.
+        socket_timeout / connect_timeout: per cache command / per connect.
+        retries: extra attempts on a connection error (never on a timeout).
+        max_connections: pool size per process; callers wait ``pool_timeout`` for a slot.
+        stream_timeout_margin: added to ``block_ms`` for the socket timeout of XREAD BLOCK.
+        lock_timeout: Redlock auto-release: how long a crashed holder blocks a key, and the
+            longest a waiter waits for another process's compute before computing itself.
+        health_check_interval: how often the invalidation listener PINGs its connection.
+        health_check_timeout: a PONG later than this means the bus is down (L1 flushed).
+        degraded_l1_ttl: L1 life of entries stored while the bus is down (bounds staleness).
+        reconnect_backoff: the longest pause between listener reconnect attempts.
+        max_value_bytes: encoded values above this raise ``ValueTooLargeError``.
+        max_key_length: keys longer than this (in characters) raise ``InvalidKeyError``.
+    """
+
+    url: str = DEFAULT_URL
+    namespace: str = "fleetcache"
+    l1_capacity: int = 2000
+    l1_ttl: float = 300.0
+    default_ttl: float = 3600.0
+    stream_maxlen: int = 1000
+    socket_timeout: float = 0.25
+    connect_timeout: float = 0.25
+    retries: int = 1
+    max_connections: int = 64
+    pool_timeout: float = 0.5
+    stream_timeout_margin: float = 1.0
+    lock_timeout: float = 10.0
+    health_check_interval: float = 1.0
+    health_check_timeout: float = 0.5
+    degraded_l1_ttl: float = 1.0
+    reconnect_backoff: float = 1.0
+    max_value_bytes: int = 16 * 1024 * 1024
+    max_key_length: int = 1024
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.url, str) or "://" not in self.url:
+            raise ConfigError("url must be a redis://, rediss:// or unix:// URL")
+        if not isinstance(self.namespace, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}",
+                                                                     self.namespace):
+            raise ConfigError("namespace must be 1-64 characters of [A-Za-z0-9_.-]")
+        for name in ("l1_capacity", "stream_maxlen", "max_connections", "max_value_bytes",
+                     "max_key_length"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(self.retries, int) or self.retries < 0:
+            raise ConfigError(f"retries must be an int >= 0, got {self.retries!r}")
+        for name in ("l1_ttl", "default_ttl", "socket_timeout", "connect_timeout",
+                     "pool_timeout", "stream_timeout_margin", "lock_timeout",
+                     "health_check_interval", "health_check_timeout", "degraded_l1_ttl",
+                     "reconnect_backoff"):
+            check_seconds(name, getattr(self, name), ConfigError)
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> CacheConfig:
+        """Settings with the URL from ``FLEETCACHE_REDIS_URL`` or ``REDIS_URL``."""
+        url = os.environ.get("FLEETCACHE_REDIS_URL") or os.environ.get("REDIS_URL") or DEFAULT_URL
+        overrides.setdefault("url", url)
+        return cls(**overrides)  # type: ignore[arg-type]
+
+    def replace(self, **changes: object) -> CacheConfig:
+        """A copy with some settings changed (validated again)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with any password masked, for logs and reprs."""
+        return redact_url(self.url)
+
+    def __repr__(self) -> str:
+        return f"CacheConfig(url={self.safe_url!r}, namespace={self.namespace!r})"
+
+
+def check_seconds(
+    name: str, value: object, error: type[InvalidArgumentError] = InvalidArgumentError
+) -> float:
+    """Validate a duration: a finite number of seconds in (0, ten years]."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise error(f"{name} must be a number of seconds, got {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0 or value > _MAX_TTL:
+        raise error(f"{name} must be > 0 and <= {_MAX_TTL:.0f} seconds, got {value!r}")
+    return float(value)
+
+
+def redact_url(url: str) -> str:
+    """Mask the password in ``scheme://user:password@host`` (and ``?password=``)."""
+    url = re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+    return re.sub(r"(password=)[^&]*", r"\1***", url)

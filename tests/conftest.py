@@ -1,0 +1,59 @@
+"""Shared fixtures: real servers per kind (Redis 7 and Valkey 8 where both exist)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from fleetcache import FleetCache
+
+from .servers import Server, binaries
+
+KINDS = sorted(binaries())
+
+
+@pytest.fixture(scope="session", params=KINDS)
+def server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    """A server shared by the session, one per kind; tests isolate by namespace."""
+    srv = Server(binaries()[request.param]).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def own_server() -> Iterator[Server]:
+    """A server this test may kill, pause or restart (the first kind available)."""
+    srv = Server(binaries()[KINDS[0]]).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def namespace() -> str:
+    return "t" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def make_cache(server: Server, namespace: str) -> Iterator[object]:
+    """Factory of caches on the shared server, all in this test's namespace; closed after."""
+    made: list[FleetCache] = []
+
+    def factory(**options: object) -> FleetCache:
+        options.setdefault("namespace", namespace)
+        cache = FleetCache.from_url(server.url, **options)  # type: ignore[arg-type]
+        made.append(cache)
+        return cache
+
+    yield factory
+    for cache in made:
+        cache.close()
+
+
+@pytest.fixture
+def cache(make_cache: object) -> FleetCache:
+    """A connected cache (invalidation bus subscribed)."""
+    c: FleetCache = make_cache()  # type: ignore[operator]
+    assert c.connect(wait=5.0)
+    return c

@@ -174,7 +174,10 @@ class FleetCache:
 
         Never raises for Redis trouble: an unreachable Redis or a corrupt entry is a miss.
         """
-        entry = self._l1_get(key)
+        try:
+            entry = self._l1_get(key)
+        except TypeError:  # unhashable key: let the slow path name the problem
+            entry = None
         if entry is not None and entry[1] > monotonic():
             self._counters.l1_hits += 1
             return entry[0]
@@ -201,12 +204,12 @@ class FleetCache:
         found: dict[str, Any] = {}
         cold: list[str] = []
         for key in keys:
+            self._check_key(key)
             entry = self._l1.get(key)
             if entry is not None:
                 self._counters.l1_hits += 1
                 found[key] = entry[0]
             else:
-                self._check_key(key)
                 cold.append(key)
         if not cold:
             return found
@@ -316,11 +319,11 @@ class FleetCache:
         ``lock_timeout`` and a waiter takes over. If ``compute`` raises, the error reaches
         its caller, nothing is cached, and the next caller computes.
         """
+        self._check_key(key)
         entry = self._l1_get(key)
         if entry is not None and entry[1] > monotonic():
             self._counters.l1_hits += 1
             return entry[0]  # type: ignore[no-any-return]
-        self._check_key(key)
         seconds = self._resolve_ttl(ttl, strategy)
         proc = self._process()
         with proc.flights.hold(key):

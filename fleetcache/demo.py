@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import functools
 import itertools
 import multiprocessing as mp
 import os
@@ -47,7 +48,7 @@ def _worker(index: int, cache: FleetCache, args: argparse.Namespace, barrier: An
             if rng.random() < 0.02:
                 cache.set(key, {"id": key, "updated_by": index, "at": time.time()})
             else:
-                cache.get_or_compute(key, lambda k=key: _load(k))
+                cache.get_or_compute(key, functools.partial(_load, key))
             requests += 1
         except Exception:
             errors += 1

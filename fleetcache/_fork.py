@@ -26,6 +26,11 @@ def register(obj: ForkAware) -> None:
     _live.add(obj)
 
 
+def live() -> list[ForkAware]:
+    """Every registered object still alive (for the gunicorn hooks)."""
+    return list(_live)
+
+
 def _reset_all() -> None:
     for obj in list(_live):
         obj._after_fork_in_child()

@@ -17,7 +17,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 from . import _fork
 from .bus import InvalidationBus
 from .codec import Codec
-from .config import CacheConfig, check_seconds
+from .config import CacheConfig, check_seconds, env_url
 from .decorator import CachedFunction
 from .errors import (
     BackendError,
@@ -94,9 +94,15 @@ class FleetCache:
     """
 
     def __init__(self, config: CacheConfig | None = None, **options: Any) -> None:
-        """``FleetCache()`` reads ``FLEETCACHE_REDIS_URL``/``REDIS_URL``; options override."""
+        """``FleetCache()`` reads ``FLEETCACHE_REDIS_URL``/``REDIS_URL``; options override.
+
+        Without an explicit URL the environment is read when the first connection is made,
+        not here: under gunicorn ``--preload`` the app (and this cache) is built before the
+        ``on_starting`` hook has started the embedded server and exported its URL.
+        """
+        self._url_from_env = config is None and "url" not in options
         if config is None:
-            config = CacheConfig.from_env(**options)
+            config = CacheConfig(**options)
         elif options:
             config = config.replace(**options)
         self.config = config
@@ -136,6 +142,8 @@ class FleetCache:
                     raise CacheClosedError("this FleetCache was closed")
                 proc = self._proc
                 if proc is None:
+                    if self._url_from_env:
+                        self.config = self.config.replace(url=env_url())
                     proc = self._proc = _Process(self)
         return proc
 

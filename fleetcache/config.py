@@ -87,8 +87,7 @@ class CacheConfig:
     @classmethod
     def from_env(cls, **overrides: object) -> CacheConfig:
         """Settings with the URL from ``FLEETCACHE_REDIS_URL`` or ``REDIS_URL``."""
-        url = os.environ.get("FLEETCACHE_REDIS_URL") or os.environ.get("REDIS_URL") or DEFAULT_URL
-        overrides.setdefault("url", url)
+        overrides.setdefault("url", env_url())
         return cls(**overrides)  # type: ignore[arg-type]
 
     def replace(self, **changes: object) -> CacheConfig:
@@ -102,6 +101,22 @@ class CacheConfig:
 
     def __repr__(self) -> str:
         return f"CacheConfig(url={self.safe_url!r}, namespace={self.namespace!r})"
+
+
+def env_url() -> str:
+    """``FLEETCACHE_REDIS_URL``, else ``REDIS_URL``, else the local default.
+
+    ``embedded`` (or nothing set, under the gunicorn hooks) asks for a private server that
+    only :func:`fleetcache.gunicorn.on_starting` or ``fleetcache demo`` can start; by the
+    time a worker connects they have replaced it with the server's URL.
+    """
+    url = os.environ.get("FLEETCACHE_REDIS_URL") or os.environ.get("REDIS_URL") or DEFAULT_URL
+    if url == "embedded":
+        raise ConfigError(
+            "FLEETCACHE_REDIS_URL=embedded needs a process that starts the server: the "
+            "gunicorn on_starting hook (fleetcache.gunicorn) or `fleetcache demo`"
+        )
+    return url
 
 
 def check_seconds(

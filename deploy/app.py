@@ -4,6 +4,9 @@ Endpoints:
   GET  /product/<id>       the product, cached (fleetcache L1 -> L2 -> database)
   POST /product/<id>       bump the product's version in the database, then cache.set it
   GET  /burst/<key>?ms=200 a cold key with a slow compute (stampede demo)
+  GET  /watch/<id>?version=N&timeout=2
+                           wait (in this worker) until the cached product reaches version N;
+                           reports when it was seen, to measure cross-worker invalidation
   POST /events             publish the JSON body's str fields to the "events" stream
   GET  /events             the newest 10 events
   GET  /stats              this worker's cache stats
@@ -71,7 +74,22 @@ def update_product(product_id: int) -> Any:
     version = db.execute("SELECT version FROM product WHERE id = ?", (product_id,)).fetchone()[0]
     product = {"id": product_id, "name": f"Product {product_id}", "version": version}
     cache.set(f"product:{product_id}", product, strategy=CacheStrategy.MEDIUM_TERM)
-    return jsonify(product=product, pid=os.getpid())
+    return jsonify(product=product, pid=os.getpid(), written_at=time.time())
+
+
+@app.get("/watch/<int:product_id>")
+def watch_product(product_id: int) -> Any:
+    started_at = time.time()
+    want = int(request.args.get("version", "1"))
+    deadline = time.monotonic() + float(request.args.get("timeout", "2"))
+    key = f"product:{product_id}"
+    while time.monotonic() < deadline:
+        product = cache.get_or_compute(key, lambda: load_product(product_id))
+        if product["version"] >= want:
+            return jsonify(seen=True, seen_at=time.time(), started_at=started_at,
+                           pid=os.getpid())
+        time.sleep(0.0005)  # yields to the listener (a greenlet under gevent)
+    return jsonify(seen=False, started_at=started_at, pid=os.getpid())
 
 
 @app.get("/burst/<key>")

@@ -55,6 +55,7 @@ class InvalidationBus:
         config: CacheConfig,
         counters: Counters,
         on_key: Callable[[str], None],
+        on_fill: Callable[[str], None],
         on_flush: Callable[[], None],
     ) -> None:
         self.sender_id = os.urandom(8)
@@ -65,14 +66,20 @@ class InvalidationBus:
         self._config = config
         self._counters = counters
         self._on_key = on_key
+        self._on_fill = on_fill
         self._on_flush = on_flush
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ever_connected = False
 
-    def message(self, key: str | None) -> bytes:
-        """The notice for ``key`` (None: flush everything), tagged with our sender id."""
-        return self._codec.encode_payload((self.sender_id, key))
+    def message(self, key: str | None, *, filled: bool = False) -> bytes:
+        """The notice for ``key`` (None: flush everything), tagged with our sender id.
+
+        ``filled`` marks a computed value stored where there was none: it only wakes other
+        processes waiting for that key and invalidates nothing (no process can hold a
+        value that a write has since replaced), so it costs their L1 nothing.
+        """
+        return self._codec.encode_payload((self.sender_id, key, filled))
 
     def start(self) -> None:
         """Start the listener (idempotent)."""
@@ -146,17 +153,21 @@ class InvalidationBus:
 
     def _apply(self, data: Any) -> None:
         try:
-            sender, key = self._codec.decode_payload(data)
+            sender, key, filled = self._codec.decode_payload(data)
         except (CorruptValueError, TypeError, ValueError):
             logger.warning("fleetcache: ignoring a malformed invalidation message")
             return
         if sender == self.sender_id:
             return  # our own write: already applied locally, in order
-        self._counters.invalidations_received += 1
         if key is None:
+            self._counters.invalidations_received += 1
             self._on_flush()
         elif isinstance(key, str):
-            self._on_key(key)
+            if filled:
+                self._on_fill(key)
+            else:
+                self._counters.invalidations_received += 1
+                self._on_key(key)
 
     def _mark_up(self) -> None:
         # Flush before declaring the bus up: entries stored until now may have missed notices.

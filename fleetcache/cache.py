@@ -76,9 +76,15 @@ class _Process:
         self.bus = InvalidationBus(
             self.client, channel=self.l2.channel, codec=cache._codec, config=config,
             counters=cache._counters,
-            on_key=cache._on_remote_invalidation, on_flush=cache._flush_l1,
+            on_key=cache._on_remote_invalidation, on_fill=self.wake_waiter,
+            on_flush=cache._flush_l1,
         )
         self.bus.start()
+
+    def wake_waiter(self, key: str) -> None:
+        event = self.waiters.get(key)
+        if event is not None:
+            event.set()  # the winner's fill notice: wake our waiter now
 
     def close(self) -> None:
         self.bus.stop()
@@ -410,13 +416,13 @@ class FleetCache:
         try:
             # NX: a set() that landed during the compute is newer than what we computed.
             stored = proc.l2.set_and_publish(
-                key, blob, int(ttl * 1000), proc.bus.message(key), only_if_absent=True
+                key, blob, int(ttl * 1000), proc.bus.message(key, filled=True),
+                only_if_absent=True,
             )
         except BackendError as exc:
             self._read_failed(exc)
             stored = False
         if stored:
-            self._counters.invalidations_sent += 1
             self._l1.store_if_unchanged(key, value, min(ttl, self._l1_ttl()), seq)
 
     def _wait_for_value(self, proc: _Process, key: str, lock_key: str, deadline: float) -> Any:
@@ -464,9 +470,7 @@ class FleetCache:
         self._l1.invalidate(key)
         proc = self._proc
         if proc is not None:
-            event = proc.waiters.get(key)
-            if event is not None:
-                event.set()  # the winner's fill notice: wake our waiter now
+            proc.wake_waiter(key)  # a set() elsewhere also ends a wait for the key
 
     def _flush_l1(self) -> None:
         self._l1.clear()

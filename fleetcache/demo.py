@@ -1,181 +1,278 @@
-"""``fleetcache demo``: a small fleet of forked workers sharing one cache, with a report.
+"""``fleetcache demo``: boot the deploy/ app under gunicorn, load it, report what the cache did.
 
-With no Redis URL configured it starts an embedded server (see :mod:`fleetcache.embedded`).
-The cache is created before fork, as under gunicorn ``--preload``, so the demo also shows
-that every worker gets its own connections and listener.
+Phases: zipf-skewed load with 2% writes (live per-worker table), a stampede burst of
+concurrent requests for one cold key, and cross-worker invalidation probes. With no Redis
+URL configured, gunicorn's ``on_starting`` hook starts the embedded server. Everything it
+starts is stopped before it returns.
 """
 
 from __future__ import annotations
 
 import argparse
 import bisect
-import functools
+import http.client
 import itertools
-import multiprocessing as mp
+import json
 import os
 import random
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Any
 
-from .cache import FleetCache
-from .config import CacheConfig
-from .embedded import EmbeddedServer
+from .config import redact_url
 
-_KEYS = 500
-_DB_LATENCY = 0.005
-_BURST_COMPUTE = 0.2
-_PROBES = 20
-
-
-def _zipf_sampler(n: int, s: float = 1.1) -> Any:
-    cum = list(itertools.accumulate(1.0 / (rank**s) for rank in range(1, n + 1)))
-    total = cum[-1]
-    return lambda rng: bisect.bisect_left(cum, rng.random() * total)
+_KEYS = 1000
+_WRITE_SHARE = 0.02
+_PROBES = 10
+_DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+_HTTP_ERRORS = (OSError, RuntimeError, http.client.HTTPException)
 
 
-def _worker(index: int, cache: FleetCache, args: argparse.Namespace, barrier: Any,
-            results: Any) -> None:
-    rng = random.Random(index)
-    sample = _zipf_sampler(_KEYS)
-    cache.connect(wait=5.0)
-    requests = errors = 0
-    deadline = time.monotonic() + args.seconds
-    while time.monotonic() < deadline:
-        key = f"product:{sample(rng)}"
+class _Client:
+    """One keep-alive HTTP connection; reconnects after an error."""
+
+    def __init__(self, port: int) -> None:
+        self._port = port
+        self._conn: http.client.HTTPConnection | None = None
+
+    def call(self, method: str, path: str, timeout: float = 10.0) -> dict[str, Any]:
+        if self._conn is None:
+            self._conn = http.client.HTTPConnection("127.0.0.1", self._port, timeout=timeout)
         try:
-            if rng.random() < 0.02:
-                cache.set(key, {"id": key, "updated_by": index, "at": time.time()})
-            else:
-                cache.get_or_compute(key, functools.partial(_load, key))
-            requests += 1
-        except Exception:
-            errors += 1
-    load_stats = cache.stats()
+            self._conn.request(method, path, body=b"" if method == "POST" else None)
+            response = self._conn.getresponse()
+            body = response.read()
+        except (OSError, http.client.HTTPException):
+            self._conn.close()
+            self._conn = None
+            raise
+        if response.status != 200:
+            raise RuntimeError(f"{method} {path}: HTTP {response.status}")
+        return json.loads(body)  # type: ignore[no-any-return]
 
-    # Stampede burst: every thread of every worker asks one cold key at the same moment.
-    barrier.wait()
-    threads = [threading.Thread(target=cache.get_or_compute,
-                                args=("burst:cold", lambda: _slow({"burst": True})))
-               for _ in range(args.threads)]
+
+def _collect(port: int, path: str, into: list[dict[str, Any]],
+             barrier: threading.Barrier | None = None) -> None:
+    """One GET on a new connection, its JSON appended to ``into`` (failures left out)."""
+    if barrier is not None:
+        barrier.wait()
+    with suppress(*_HTTP_ERRORS):
+        into.append(_Client(port).call("GET", path, timeout=30))
+
+
+@contextmanager
+def _fleet(args: argparse.Namespace) -> Iterator[int]:
+    """Run gunicorn with the deploy/ app; yields its port; stops it (and its server)."""
+    conf = _DEPLOY / "gunicorn.conf.py"
+    if not conf.exists():
+        raise SystemExit("fleetcache demo runs the deploy/ app of a source checkout "
+                         "(pip install -e .); deploy/gunicorn.conf.py not found")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tmp = tempfile.mkdtemp(prefix="fleetcache-demo-")
+    env = dict(os.environ, GUNICORN_BIND=f"127.0.0.1:{port}",
+               GUNICORN_WORKERS=str(args.workers), GUNICORN_WORKER_CLASS=args.worker_class,
+               FLEETCACHE_DEMO_DB=os.path.join(tmp, "db.sqlite3"),
+               FLEETCACHE_NAMESPACE=f"demo{os.getpid()}")
+    master = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", str(conf), "deploy.app:app"],
+        cwd=_DEPLOY.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_ready(port, args.workers, master)
+        yield port
+    finally:
+        master.send_signal(signal.SIGTERM)
+        try:
+            master.wait(20)
+        except subprocess.TimeoutExpired:
+            master.kill()
+            master.wait(5)
+        for leftover in Path(tmp).iterdir():
+            leftover.unlink()
+        os.rmdir(tmp)
+
+
+def _wait_ready(port: int, workers: int, master: subprocess.Popen[bytes]) -> None:
+    seen: set[int] = set()
+    deadline = time.monotonic() + 30
+    while len(seen) < workers and time.monotonic() < deadline:
+        if master.poll() is not None:
+            err = master.stderr.read().decode(errors="replace") if master.stderr else ""
+            raise SystemExit(f"gunicorn exited with {master.returncode}:\n{err[-2000:]}")
+        try:
+            # A new connection each time: a kept-alive one would stay with one worker.
+            health = _Client(port).call("GET", "/health", timeout=2)
+            if health["ok"]:
+                seen.add(health["pid"])
+        except _HTTP_ERRORS:
+            time.sleep(0.1)
+    if len(seen) < workers:
+        raise SystemExit(f"only {len(seen)} of {workers} workers became healthy in 30 s")
+
+
+def _zipf(n: int, s: float = 1.1) -> Any:
+    cum = list(itertools.accumulate(1.0 / (rank**s) for rank in range(1, n + 1)))
+    return lambda rng: bisect.bisect_left(cum, rng.random() * cum[-1])
+
+
+def _load(port: int, args: argparse.Namespace, live: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Drive zipf load from ``args.clients`` threads; poll /stats into ``live``."""
+    totals = {"requests": 0, "errors": 0, "writes": 0}
+    lock = threading.Lock()
+    stop = time.monotonic() + args.seconds
+    sample = _zipf(_KEYS)
+
+    def client_loop(seed: int) -> None:
+        rng, client = random.Random(seed), _Client(port)
+        done = errors = writes = 0
+        while time.monotonic() < stop:
+            write = rng.random() < _WRITE_SHARE
+            try:
+                client.call("POST" if write else "GET", f"/product/{sample(rng)}")
+                done += 1
+                writes += write
+            except _HTTP_ERRORS:
+                errors += 1
+        with lock:
+            totals["requests"] += done
+            totals["errors"] += errors
+            totals["writes"] += writes
+
+    def monitor() -> None:
+        while time.monotonic() < stop + 0.5:
+            try:
+                row = _Client(port).call("GET", "/stats", timeout=2)  # new connection: any worker
+                live[row["pid"]] = row
+            except _HTTP_ERRORS:
+                pass
+            time.sleep(0.02)
+
+    threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(args.clients)]
+    threads.append(threading.Thread(target=monitor))
+    for t in threads:
+        t.start()
+    _show_live(live, threads, args)
+    for t in threads:
+        t.join()
+    return totals
+
+
+def _table(live: dict[int, dict[str, Any]], elapsed: float, seconds: float) -> Any:
+    from rich.table import Table  # noqa: PLC0415 - the demo's own dependency
+
+    table = Table(title=f"fleetcache demo: load {min(elapsed, seconds):.1f}/{seconds:.0f} s")
+    for name in ("worker pid", "lookups", "L1 hits", "L2 hits", "misses", "computes",
+                 "inval. recv", "hit rate"):
+        table.add_column(name, justify="right")
+    for pid, row in sorted(live.items()):
+        lookups = row["l1_hits"] + row["l2_hits"] + row["misses"]
+        table.add_row(str(pid), str(lookups), str(row["l1_hits"]), str(row["l2_hits"]),
+                      str(row["misses"]), str(row["computes"]),
+                      str(row["invalidations_received"]), f"{row['hit_rate']:.1%}")
+    return table
+
+
+def _show_live(live: dict[int, dict[str, Any]], threads: list[threading.Thread],
+               args: argparse.Namespace) -> None:
+    from rich.live import Live  # noqa: PLC0415
+
+    start = time.monotonic()
+    with Live(_table(live, 0, args.seconds), refresh_per_second=4) as view:
+        while any(t.is_alive() for t in threads):
+            time.sleep(0.25)
+            view.update(_table(live, time.monotonic() - start, args.seconds))
+
+
+def _burst(port: int, size: int) -> tuple[int, int, int]:
+    """``size`` concurrent requests for one cold key: (computes, successes, values seen)."""
+    barrier = threading.Barrier(size)
+    results: list[dict[str, Any]] = []
+    path = f"/burst/cold{random.randrange(10**9)}?ms=300"
+    threads = [threading.Thread(target=_collect, args=(port, path, results, barrier))
+               for _ in range(size)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    burst_computes = cache.stats().computes - load_stats.computes
+    computes = sum(1 for r in results if r["computed"])
+    values = {json.dumps(r["value"], sort_keys=True) for r in results}
+    return computes, len(results), len(values)
 
-    # Invalidation delay: worker 0 writes a timestamp; the others hold the key in L1 and
-    # measure how long until they see the new value.
+
+def _invalidation_delays(port: int, workers: int) -> list[float]:
+    """Watchers wait inside workers for a new version; delay = seen_at - written_at."""
     delays: list[float] = []
+    client = _Client(port)
     for probe in range(_PROBES):
-        barrier.wait()
-        if index == 0:
-            cache.set("probe", (probe, 0.0))
-        barrier.wait()
-        cache.get("probe")  # now in every L1
-        barrier.wait()
-        if index == 0:
-            time.sleep(0.01)
-            cache.set("probe", (probe, time.time()))
-        else:
-            limit = time.monotonic() + 2.0
-            while time.monotonic() < limit:
-                seen = cache.get("probe")
-                if seen and seen[1]:
-                    delays.append(time.time() - seen[1])
-                    break
-                time.sleep(0.0005)  # a request loop does I/O; a busy spin would hog the GIL
-    s = cache.stats()
-    results.put({"worker": index, "pid": os.getpid(), "requests": requests, "errors": errors,
-                 "l1_hits": load_stats.l1_hits, "l2_hits": load_stats.l2_hits,
-                 "misses": load_stats.misses, "computes": load_stats.computes,
-                 "burst_computes": burst_computes, "delays": delays,
-                 "invalidations_received": s.invalidations_received})
-
-
-def _load(key: str) -> dict[str, Any]:
-    time.sleep(_DB_LATENCY)  # the "database"
-    return {"id": key, "name": key.title(), "price": len(key) * 3}
-
-
-def _slow(value: dict[str, Any]) -> dict[str, Any]:
-    time.sleep(_BURST_COMPUTE)
-    return value
+        product = 100_000 + probe
+        for _ in range(workers * 8):  # warm the key into (very likely) every worker's L1
+            _Client(port).call("GET", f"/product/{product}")
+        watch: list[dict[str, Any]] = []
+        path = f"/watch/{product}?version=1&timeout=3"
+        threads = [threading.Thread(target=_collect, args=(port, path, watch))
+                   for _ in range(max(1, workers - 1))]
+        for t in threads:
+            t.start()
+        time.sleep(0.2)  # let the watchers start polling their L1
+        written = client.call("POST", f"/product/{product}")
+        for t in threads:
+            t.join()
+        delays += [w["seen_at"] - written["written_at"] for w in watch
+                   if w["seen"] and w["pid"] != written["pid"]
+                   and w["started_at"] < written["written_at"]]
+    return delays
 
 
 def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Boot the fleet, run the phases, print the report; returns an exit code."""
+    """Run the demo; exit code 0 when every request succeeded and the burst computed once."""
     url = os.environ.get("FLEETCACHE_REDIS_URL") or os.environ.get("REDIS_URL")
-    server = None
-    if not url or url == "embedded":
-        server = EmbeddedServer()
-        url = server.start()
-        print(f"embedded server: {server.binary} on {server.socket_path}")
-    else:
-        print(f"server: {CacheConfig(url=url).safe_url}")
-    try:
-        namespace = f"demo{os.getpid()}"
-        cache = FleetCache(CacheConfig(url=url, namespace=namespace))
-        cache.set("warmup", True)  # the parent uses it before fork, like --preload
-        ctx = mp.get_context("fork")
-        barrier = ctx.Barrier(args.workers)
-        results = ctx.Queue()
-        procs = [ctx.Process(target=_worker, args=(i, cache, args, barrier, results))
-                 for i in range(args.workers)]
-        print(f"{args.workers} workers x {args.threads} burst threads, {args.seconds:.0f} s "
-              f"of zipf load over {_KEYS} keys (2% writes, {_DB_LATENCY * 1000:.0f} ms db)...")
-        for p in procs:
-            p.start()
-        rows = [results.get(timeout=args.seconds + 120) for _ in procs]
-        for p in procs:
-            p.join(10)
-        cache.clear()
-        cache.close()
-    finally:
-        if server is not None:
-            server.stop()
-    _report(sorted(rows, key=lambda r: r["worker"]), args)
-    return 0 if all(r["errors"] == 0 for r in rows) else 1
-
-
-def _report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    print(f"\n{'worker':>6} {'pid':>7} {'requests':>9} {'errors':>6} {'L1 hits':>8} "
-          f"{'L2 hits':>8} {'misses':>7} {'computes':>8}")
-    for r in rows:
-        print(f"{r['worker']:>6} {r['pid']:>7} {r['requests']:>9} {r['errors']:>6} "
-              f"{r['l1_hits']:>8} {r['l2_hits']:>8} {r['misses']:>7} {r['computes']:>8}")
-    total = {k: sum(r[k] for r in rows) for k in ("requests", "errors", "l1_hits", "l2_hits",
-                                                   "misses", "burst_computes")}
-    lookups = max(1, total["l1_hits"] + total["l2_hits"] + total["misses"])
-    delays = [d * 1000 for r in rows for d in r["delays"]]
-    expected = (args.workers - 1) * _PROBES
-    print(f"\nrequests {total['requests']} ({total['requests'] / args.seconds:.0f}/s), "
-          f"errors {total['errors']}")
-    print(f"hit rate: L1 {total['l1_hits'] / lookups:.1%}, L2 {total['l2_hits'] / lookups:.1%},"
-          f" miss {total['misses'] / lookups:.1%}")
-    print(f"stampede burst: {total['burst_computes']} compute(s) for "
-          f"{args.workers * args.threads} concurrent requests of one cold key")
+    where = redact_url(url) if url and url != "embedded" else "an embedded server"
+    print(f"fleetcache demo: {args.workers} {args.worker_class} workers on {where}")
+    live: dict[int, dict[str, Any]] = {}
+    with _fleet(args) as port:
+        totals = _load(port, args, live)
+        computes, ok, distinct = _burst(port, args.burst)
+        delays = [d * 1000 for d in _invalidation_delays(port, args.workers)]
+    lookups = sum(r["l1_hits"] + r["l2_hits"] + r["misses"] for r in live.values()) or 1
+    l1 = sum(r["l1_hits"] for r in live.values()) / lookups
+    l2 = sum(r["l2_hits"] for r in live.values()) / lookups
+    print(f"\nrequests {totals['requests']} ({totals['requests'] / args.seconds:.0f}/s, "
+          f"{totals['writes']} writes), errors {totals['errors']}")
+    print(f"hit rate: L1 {l1:.1%}, L2 {l2:.1%}, miss {1 - l1 - l2:.1%} "
+          f"(last /stats seen from {len(live)} workers)")
+    print(f"stampede burst: {computes} compute(s) for {args.burst} concurrent requests of one "
+          f"cold key ({ok} answered, {distinct} distinct value(s))")
     print(f"cross-worker invalidation delay: p50 {_pct(delays, 0.5):.2f} ms, "
-          f"p99 {_pct(delays, 0.99):.2f} ms, max {max(delays, default=float('nan')):.2f} ms "
-          f"({len(delays)}/{expected} seen)")
+          f"p99 {_pct(delays, 0.99):.2f} ms over {len(delays)} observations")
+    print("fleet stopped; nothing left running")
+    return 0 if totals["errors"] == 0 and computes == 1 and ok == args.burst else 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``fleetcache`` / ``python -m fleetcache``."""
+    """Entry point of ``fleetcache`` and ``python -m fleetcache``."""
     parser = argparse.ArgumentParser(prog="fleetcache")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run a demo fleet on an embedded server")
+    demo = sub.add_parser("demo", help="run the deploy/ app as a gunicorn fleet and load it")
     demo.add_argument("--workers", type=int, default=4)
-    demo.add_argument("--threads", type=int, default=8, help="threads per worker in the burst")
-    demo.add_argument("--seconds", type=float, default=3.0)
+    demo.add_argument("--worker-class", choices=("sync", "gthread", "gevent"), default="gthread")
+    demo.add_argument("--seconds", type=float, default=5.0, help="length of the load phase")
+    demo.add_argument("--clients", type=int, default=16, help="concurrent load connections")
+    demo.add_argument("--burst", type=int, default=32, help="concurrent cold-key requests")
     args = parser.parse_args(argv)
     if args.workers < 2:
         parser.error("--workers must be at least 2")

@@ -38,7 +38,7 @@ class Codec:
         try:
             blob = self._encode((1, expires_at_ms, value))
         except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-            raise ValueEncodeError(key, _culprit(value, exc), str(exc)) from exc
+            raise ValueEncodeError(key, culprit(value, exc), str(exc)) from exc
         if len(blob) > self.max_value_bytes:
             raise ValueTooLargeError(key, len(blob), self.max_value_bytes)
         return blob
@@ -52,25 +52,25 @@ class Codec:
         try:
             env = self._decode_envelope(blob)
             return self._decode_payload(env.data), env.expires_at_ms
-        except (msgspec.DecodeError, RecursionError) as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise CorruptValueError(f"not a fleetcache value: {exc}") from exc
 
     def decode_payload(self, blob: bytes) -> Any:
         """Plain MessagePack (no envelope); ``CorruptValueError`` if malformed."""
         try:
             return self._decode_payload(blob)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise CorruptValueError(f"malformed message: {exc}") from exc
 
 
-def _culprit(value: Any, exc: BaseException) -> type:
+def culprit(value: Any, exc: BaseException) -> type:
     """The unsupported type msgspec names in its message, else the value's own type."""
     message = str(exc)
     prefix = "Encoding objects of type "
     if message.startswith(prefix):
         name = message[len(prefix):].split(" ", 1)[0]
         for candidate in _walk_types(value):
-            if candidate.__qualname__ == name:
+            if candidate.__name__ == name:
                 return candidate
     return type(value)
 

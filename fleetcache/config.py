@@ -17,6 +17,7 @@ from .errors import ConfigError, InvalidArgumentError
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
+_SCHEMES = ("redis://", "rediss://", "unix://")
 _MAX_TTL = 10 * 365 * 24 * 3600.0  # ten years: anything longer is a bug, not a TTL
 
 
@@ -66,7 +67,7 @@ class CacheConfig:
     max_key_length: int = 1024
 
     def __post_init__(self) -> None:
-        if not isinstance(self.url, str) or "://" not in self.url:
+        if not isinstance(self.url, str) or not self.url.startswith(_SCHEMES):
             raise ConfigError("url must be a redis://, rediss:// or unix:// URL")
         if not isinstance(self.namespace, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}",
                                                                      self.namespace):
@@ -122,15 +123,16 @@ def env_url() -> str:
 def check_seconds(
     name: str, value: object, error: type[InvalidArgumentError] = InvalidArgumentError
 ) -> float:
-    """Validate a duration: a finite number of seconds in (0, ten years]."""
+    """Validate a duration: a finite number of seconds in [1 ms, ten years]."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise error(f"{name} must be a number of seconds, got {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0 or value > _MAX_TTL:
-        raise error(f"{name} must be > 0 and <= {_MAX_TTL:.0f} seconds, got {value!r}")
+    if not math.isfinite(value) or value < 0.001 or value > _MAX_TTL:
+        raise error(f"{name} must be >= 0.001 and <= {_MAX_TTL:.0f} seconds, got {value!r}")
     return float(value)
 
 
 def redact_url(url: str) -> str:
     """Mask the password in ``scheme://user:password@host`` (and ``?password=``)."""
-    url = re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+    # Up to the last "@" before the path: redis-py splits there, so "@" may be in a password.
+    url = re.sub(r"(://[^:/@]*:)[^/?#]*@", r"\1***@", url)
     return re.sub(r"(password=)[^&]*", r"\1***", url)

@@ -7,6 +7,7 @@ import hashlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Generic, ParamSpec, TypeVar
 
+from .codec import culprit
 from .errors import ValueEncodeError
 
 if TYPE_CHECKING:
@@ -41,8 +42,8 @@ class CachedFunction(Generic[P, T]):
         try:
             blob = self._cache._codec.encode_payload((args, sorted(kwargs.items())))
         except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-            raise ValueEncodeError(self._prefix, type(exc), f"arguments not encodable: {exc}"
-                                   ) from exc
+            raise ValueEncodeError(self._prefix, culprit([args, kwargs], exc),
+                                   f"arguments not encodable: {exc}") from exc
         return f"{self._prefix}:{hashlib.blake2b(blob, digest_size=16).hexdigest()}"
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> T:

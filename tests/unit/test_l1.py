@@ -1,0 +1,212 @@
+"""LocalStore: TTL on a fake clock (never sleeps), FIFO capacity, and the ``seq`` guard."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+import fleetcache.l1 as l1_module
+from fleetcache.l1 import LocalStore
+
+
+class FakeClock:
+    """A monotonic clock that only moves when the test says so."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(l1_module, "monotonic", fake)
+    return fake
+
+
+def value_of(store: LocalStore, key: str) -> object:
+    entry = store.get(key)
+    assert entry is not None, f"{key!r} should be live"
+    return entry[0]
+
+
+# -- TTL -------------------------------------------------------------------------------------
+
+
+def test_entry_is_live_until_its_ttl_and_gone_at_it(clock: FakeClock) -> None:
+    store = LocalStore(10)
+    store.put("k", "v", 5.0)
+    assert store.get("k") == ("v", 1005.0)
+    clock.advance(4.999)
+    assert value_of(store, "k") == "v"
+    clock.advance(0.001)  # exactly at expires_at: expired
+    assert store.get("k") is None
+
+
+def test_each_entry_has_its_own_ttl(clock: FakeClock) -> None:
+    store = LocalStore(10)
+    store.put("short", 1, 1.0)
+    store.put("long", 2, 10.0)
+    clock.advance(2.0)
+    assert store.get("short") is None
+    assert value_of(store, "long") == 2
+
+
+def test_promoted_entry_expires_too(clock: FakeClock) -> None:
+    store = LocalStore(10)
+    assert store.store_if_unchanged("k", "v", 3.0, store.seq)
+    assert value_of(store, "k") == "v"
+    clock.advance(3.0)
+    assert store.get("k") is None
+
+
+def test_reput_restarts_the_ttl(clock: FakeClock) -> None:
+    store = LocalStore(10)
+    store.put("k", "old", 5.0)
+    clock.advance(4.0)
+    store.put("k", "new", 5.0)
+    clock.advance(4.0)  # 8 s after the first put, 4 s after the second
+    assert value_of(store, "k") == "new"
+
+
+def test_cached_none_is_a_live_entry_not_a_miss(clock: FakeClock) -> None:
+    store = LocalStore(10)
+    store.put("k", None, 5.0)
+    assert store.get("k") == (None, 1005.0)
+
+
+def test_missing_key_is_none(clock: FakeClock) -> None:
+    assert LocalStore(10).get("nope") is None
+
+
+# -- capacity --------------------------------------------------------------------------------
+
+
+def test_capacity_evicts_the_oldest_insertion_first(clock: FakeClock) -> None:
+    store = LocalStore(3)
+    for key in ("a", "b", "c"):
+        store.put(key, key.upper(), 60.0)
+    store.put("d", "D", 60.0)
+    assert len(store) == 3
+    assert store.get("a") is None
+    assert [value_of(store, k) for k in ("b", "c", "d")] == ["B", "C", "D"]
+    store.put("e", "E", 60.0)
+    assert store.get("b") is None
+    assert sorted(store.data) == ["c", "d", "e"]
+
+
+def test_promotion_respects_capacity(clock: FakeClock) -> None:
+    store = LocalStore(2)
+    store.put("a", 1, 60.0)
+    store.put("b", 2, 60.0)
+    assert store.store_if_unchanged("c", 3, 60.0, store.seq)
+    assert len(store) == 2
+    assert store.get("a") is None
+    assert value_of(store, "c") == 3
+
+
+def test_reput_of_an_existing_key_at_capacity_evicts_nothing(clock: FakeClock) -> None:
+    store = LocalStore(2)
+    store.put("a", 1, 60.0)
+    store.put("b", 2, 60.0)
+    store.put("a", 10, 60.0)
+    assert len(store) == 2
+    assert value_of(store, "a") == 10
+    assert value_of(store, "b") == 2
+    assert store.store_if_unchanged("b", 20, 60.0, store.seq)
+    assert len(store) == 2
+    assert value_of(store, "a") == 10
+    assert value_of(store, "b") == 20
+
+
+def test_capacity_one(clock: FakeClock) -> None:
+    store = LocalStore(1)
+    store.put("a", 1, 60.0)
+    store.put("b", 2, 60.0)
+    assert store.get("a") is None
+    assert value_of(store, "b") == 2
+    assert len(store) == 1
+
+
+# -- seq: every mutation voids in-flight promotions -------------------------------------------
+
+
+def test_put_bumps_seq(clock: FakeClock) -> None:
+    store = LocalStore(10)
+    before = store.seq
+    store.put("k", 1, 60.0)
+    assert store.seq > before
+
+
+def test_invalidate_bumps_seq_and_reports_presence(clock: FakeClock) -> None:
+    store = LocalStore(10)
+    store.put("k", 1, 60.0)
+    before = store.seq
+    assert store.invalidate("k") is True
+    assert store.seq > before
+    assert store.get("k") is None
+    assert "k" not in store.data
+    before = store.seq
+    assert store.invalidate("k") is False  # absent key: still a move (a notice arrived)
+    assert store.seq > before
+
+
+def test_clear_bumps_seq_and_empties(clock: FakeClock) -> None:
+    store = LocalStore(10)
+    store.put("a", 1, 60.0)
+    store.put("b", 2, 60.0)
+    before = store.seq
+    store.clear()
+    assert store.seq > before
+    assert len(store) == 0
+    assert store.get("a") is None
+
+
+def test_store_if_unchanged_stores_when_nothing_moved(clock: FakeClock) -> None:
+    store = LocalStore(10)
+    seq = store.seq
+    assert store.store_if_unchanged("k", "v", 60.0, seq) is True
+    assert value_of(store, "k") == "v"
+
+
+@pytest.mark.parametrize(
+    "move",
+    [
+        pytest.param(lambda s: s.put("other", 1, 60.0), id="put-other-key"),
+        pytest.param(lambda s: s.put("k", "fresh", 60.0), id="put-same-key"),
+        pytest.param(lambda s: s.invalidate("k"), id="invalidate-same-key"),
+        pytest.param(lambda s: s.invalidate("absent"), id="invalidate-absent-key"),
+        pytest.param(lambda s: s.clear(), id="clear"),
+    ],
+)
+def test_store_if_unchanged_refuses_after_any_seq_move(
+    clock: FakeClock, move: Callable[[LocalStore], object]
+) -> None:
+    store = LocalStore(10)
+    seq = store.seq  # noted before the (simulated) L2 read
+    move(store)
+    assert store.store_if_unchanged("k", "stale", 60.0, seq) is False
+    entry = store.get("k")
+    assert entry is None or entry[0] == "fresh"
+
+
+def test_refused_promotion_leaves_the_newer_write(clock: FakeClock) -> None:
+    store = LocalStore(10)
+    seq = store.seq
+    store.put("k", "new", 60.0)
+    assert not store.store_if_unchanged("k", "old", 60.0, seq)
+    assert value_of(store, "k") == "new"
+
+
+def test_refused_promotion_does_not_evict(clock: FakeClock) -> None:
+    store = LocalStore(1)
+    seq = store.seq
+    store.put("a", 1, 60.0)
+    assert not store.store_if_unchanged("b", 2, 60.0, seq)
+    assert value_of(store, "a") == 1

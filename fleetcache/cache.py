@@ -303,8 +303,12 @@ class FleetCache:
         self._check_key(key)
         proc = self._process()
         with proc.writes.hold(key):
-            self._l1.invalidate(key)
-            existed = proc.l2.delete_and_publish(key, proc.bus.message(key))
+            try:
+                existed = proc.l2.delete_and_publish(key, proc.bus.message(key))
+            finally:
+                # After the DEL, not before: a read of ours that raced the DEL may have
+                # promoted the old value; this drops it and voids any still in flight.
+                self._l1.invalidate(key)
             self._counters.invalidations_sent += 1
         return existed
 
@@ -314,8 +318,10 @@ class FleetCache:
         Locks and streams are left alone. Returns how many values were deleted.
         """
         proc = self._process()
-        self._flush_l1()
-        deleted = proc.l2.clear_and_publish(proc.bus.message(None))
+        try:
+            deleted = proc.l2.clear_and_publish(proc.bus.message(None))
+        finally:
+            self._flush_l1()  # after the deletes, for the same reason as in delete()
         self._counters.invalidations_sent += 1
         return deleted
 

@@ -37,7 +37,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Final, ParamSpec
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from flask import Flask, Response, current_app, has_app_context, make_response, request
 from flask.typing import ResponseReturnValue
@@ -47,7 +47,9 @@ from .config import CacheConfig, check_seconds
 from .errors import ConfigError, InvalidArgumentError
 from .strategy import CacheStrategy
 
-__all__ = ["EXTENSION_KEY", "FleetCacheExtension", "cache_options", "current_cache"]
+__all__ = [
+    "EXTENSION_KEY", "FleetCacheExtension", "cache_for", "cache_options", "current_cache",
+]
 
 logger = logging.getLogger("fleetcache")
 
@@ -110,7 +112,8 @@ def current_cache() -> FleetCache:
 
 
 class _NotCacheableError(Exception):
-    """Carries a response that must not be stored out of ``get_or_compute`` uncached."""
+    """Carries an uncacheable response out of ``get_or_compute`` (a raising compute stores
+    nothing, so the response reaches its client and the fleet's waiters compute their own)."""
 
     def __init__(self, response: Response) -> None:
         super().__init__(response.status)
@@ -212,9 +215,14 @@ class FleetCacheExtension:
 
 
 def _view_key(prefix: str, max_length: int) -> str:
-    """``prefix + path [+ "?" + query sorted by name]``, hashed if longer than allowed."""
+    """``prefix + path [+ "?" + query sorted by name]``, hashed if longer than allowed.
+
+    The path is percent-encoded again: ``request.path`` is decoded, so ``/a%3Fx=1`` would
+    otherwise share the key of ``/a?x=1`` and one URL could fill another's entry.
+    """
     pairs = sorted(request.args.items(multi=True), key=lambda pair: pair[0])
-    target = f"{request.path}?{urlencode(pairs)}" if pairs else request.path
+    path = quote(request.path)
+    target = f"{path}?{urlencode(pairs)}" if pairs else path
     key = prefix + target
     if len(key) <= max_length:
         return key

@@ -165,7 +165,7 @@ class FleetCacheBackend(BaseCache):
                         f"CACHE_KEY_PREFIX={prefix!r} is used as the fleetcache namespace: "
                         f"{exc}; change it, or set CACHE_OPTIONS={{'namespace': ...}}"
                     ) from exc
-                pass
+                options["namespace"] = prefix
         return cls(*args, **options)
 
     # -- timeouts --------------------------------------------------------------------------
@@ -218,8 +218,10 @@ class FleetCacheBackend(BaseCache):
         by its per-key locks: the first stores, the others find its value and return False.
         The "compute" stores the value with ``set()``, so an unreachable Redis raises like
         every other write (``get_or_compute`` alone would keep a degraded value in this
-        worker's L1 and report success). Limitation: a plain ``set()`` from another process
-        that lands between this call's existence check and its store is overwritten.
+        worker's L1 and report success). Limitations: a plain ``set()`` from another process
+        that lands between this call's existence check and its store is overwritten; and the
+        check reads this worker's L1 first, so for the invalidation delay (normally a few
+        ms) after another worker's ``delete`` the key may still count as present.
         """
         ttl = self._ttl(timeout)
         stored = False

@@ -40,6 +40,7 @@ P = ParamSpec("P")
 D = TypeVar("D")
 
 _MISSING: Any = object()
+_TIMED_OUT: Any = object()
 _WAIT_FIRST = 0.001  # first poll of a waiter; doubles up to _WAIT_CAP
 _WAIT_CAP = 0.05
 
@@ -364,7 +365,9 @@ class FleetCache:
             self._counters.l2_hits += 1
             return value  # type: ignore[no-any-return]
         self._counters.misses += 1
-        deadline = monotonic() + self.config.lock_timeout
+        # A holder that dies lets its lock expire after lock_timeout and a waiter takes over;
+        # a chain of holders (each dying) is waited out at most this long in total.
+        give_up = monotonic() + 3 * self.config.lock_timeout
         while True:
             lock = FleetLock(proc.client, proc.lock_prefix + key, self.config.lock_timeout)
             try:
@@ -374,13 +377,14 @@ class FleetCache:
                 return self._compute_unlocked(key, compute, ttl)
             if acquired:
                 return self._compute_locked(proc, lock, key, compute, ttl)
-            value = self._wait_for_value(proc, key, lock.key, deadline)
+            value = self._wait_for_value(proc, key, lock.key, give_up)
+            if value is _TIMED_OUT:
+                logger.warning("fleetcache: the fleet lock for %r outlived lock_timeout; "
+                               "computing without it", key)
+                return self._compute_unlocked(key, compute, ttl)
             if value is not _MISSING:
                 return value  # type: ignore[no-any-return]
-            if monotonic() >= deadline:
-                logger.warning("fleetcache: waited lock_timeout for %r; computing without "
-                               "the fleet lock", key)
-                return self._compute_unlocked(key, compute, ttl)
+            # The lock is free (holder done without storing, or dead): try to take it.
 
     def _compute_locked(
         self, proc: _Process, lock: FleetLock, key: str, compute: Callable[[], T], ttl: float
@@ -431,21 +435,35 @@ class FleetCache:
         if stored:
             self._l1.store_if_unchanged(key, value, min(ttl, self._l1_ttl()), seq)
 
-    def _wait_for_value(self, proc: _Process, key: str, lock_key: str, deadline: float) -> Any:
-        """Wait for another process's compute: the value, or _MISSING once its lock is gone."""
+    def _wait_for_value(self, proc: _Process, key: str, lock_key: str, give_up: float) -> Any:
+        """Wait for another process's compute.
+
+        Returns the value; _MISSING once the lock is free (or Redis failed); _TIMED_OUT when
+        one holder kept the lock past its auto-release time (plus two polls), or at
+        ``give_up``. Woken by the winner's fill notice; polls value and lock together in one
+        MGET with backoff, as a fallback for a lost notice.
+        """
         self._counters.lock_waits += 1
         event = proc.waiters[key] = threading.Event()
         delay = _WAIT_FIRST
+        holder: bytes | None = None
+        deadline = give_up
         try:
             while True:
                 event.wait(min(delay, max(0.0, deadline - monotonic())))
                 event.clear()
                 delay = min(delay * 2, _WAIT_CAP)
                 seq = self._l1.seq
-                blob, held = proc.l2.get_and_check_lock(key, lock_key)
+                blob, current = proc.l2.get_and_check_lock(key, lock_key)
                 value = self._accept(key, blob, seq)
-                if value is not _MISSING or not held or monotonic() >= deadline:
+                if value is not _MISSING or current is None:
                     return value
+                now = monotonic()
+                if current != holder:  # a new holder: its lock expires within lock_timeout
+                    holder = current
+                    deadline = min(give_up, now + self.config.lock_timeout + 2 * _WAIT_CAP)
+                if now >= deadline:
+                    return _TIMED_OUT
         except BackendError as exc:
             self._read_failed(exc)
             return _MISSING

@@ -82,11 +82,11 @@ class RedisStore:
         with mapped_errors("MGET"):
             return self.client.mget([self.prefix + k for k in keys])  # type: ignore[return-value]
 
-    def get_and_check_lock(self, key: str, lock_key: str) -> tuple[bytes | None, bool]:
-        """The value and whether ``lock_key`` is still held, in one MGET round trip."""
+    def get_and_check_lock(self, key: str, lock_key: str) -> tuple[bytes | None, bytes | None]:
+        """The value and the lock's holder token (None: free), in one MGET round trip."""
         with mapped_errors("MGET"):
             blob, holder = self.client.mget([self.prefix + key, lock_key])
-        return blob, holder is not None  # type: ignore[return-value]
+        return blob, holder  # type: ignore[return-value]
 
     def set_and_publish(
         self, key: str, blob: bytes, ttl_ms: int, message: bytes, *, only_if_absent: bool = False

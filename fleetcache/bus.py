@@ -148,8 +148,7 @@ class InvalidationBus:
                 elif kind == "subscribe":
                     self._mark_up()
         finally:
-            self.connected = False
-            pubsub.close()
+            pubsub.close()  # `connected` is cleared by _mark_down, which logs the transition
 
     def _apply(self, data: Any) -> None:
         try:

@@ -393,7 +393,12 @@ class FleetCache:
             seq = self._l1.seq
             # The previous holder may have stored and released between our GET and acquire.
             try:
-                value = self._accept(key, proc.l2.get(key), seq)
+                blob = proc.l2.get(key)
+                value = self._accept(key, blob, seq)
+                if blob is not None and value is _MISSING:
+                    # Corrupt or foreign bytes would make every SET NX fail, and every
+                    # call recompute, for as long as they live: drop them (only them).
+                    proc.l2.discard(key, blob)
             except BackendError as exc:
                 self._read_failed(exc)
                 value = _MISSING
@@ -503,7 +508,9 @@ class FleetCache:
 
     def publish_to_stream(self, stream: str, fields: Fields, maxlen: int | None = None) -> str:
         """Append an entry (``str -> str`` fields) trimmed to about ``maxlen``; its id."""
-        return self._process().streams.publish(stream, fields, maxlen or self.config.stream_maxlen)
+        if maxlen is None:
+            maxlen = self.config.stream_maxlen
+        return self._process().streams.publish(stream, fields, maxlen)
 
     def read_stream_latest(self, stream: str, count: int = 10) -> list[StreamEntry]:
         """The newest ``count`` entries, newest first: ``[(id, {field: value}), ...]``."""

@@ -23,6 +23,11 @@ T = TypeVar("T")
 
 _UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
 
+_DISCARD = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 
 def make_client(config: CacheConfig) -> redis.Redis:
     """A client on a blocking pool with bounded waits everywhere.
@@ -61,12 +66,13 @@ def mapped_errors(what: str) -> Iterator[None]:
 class RedisStore:
     """The cache's Redis commands, all under one namespace."""
 
-    __slots__ = ("channel", "client", "prefix")
+    __slots__ = ("_discard", "channel", "client", "prefix")
 
     def __init__(self, client: redis.Redis, namespace: str) -> None:
         self.client = client
         self.prefix = f"{namespace}:v:"
         self.channel = f"{namespace}:inv"
+        self._discard = client.register_script(_DISCARD)
 
     def data_key(self, key: str) -> str:
         """The Redis key holding ``key``'s value."""
@@ -87,6 +93,11 @@ class RedisStore:
         with mapped_errors("MGET"):
             blob, holder = self.client.mget([self.prefix + key, lock_key])
         return blob, holder  # type: ignore[return-value]
+
+    def discard(self, key: str, blob: bytes) -> bool:
+        """Delete ``key`` only if it still holds ``blob`` (compare-and-delete, one script)."""
+        with mapped_errors("discard"):
+            return bool(self._discard(keys=[self.prefix + key], args=[blob]))
 
     def set_and_publish(
         self, key: str, blob: bytes, ttl_ms: int, message: bytes, *, only_if_absent: bool = False

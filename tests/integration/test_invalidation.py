@@ -1,0 +1,339 @@
+"""Fleet-wide L1 invalidation over pub/sub, between two caches acting as two workers.
+
+Each FleetCache has its own sender id, listener and L1, so two instances in one process
+behave like two processes for everything tested here.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from fleetcache import BackendError, FleetCache
+
+from ..servers import Server
+
+MakeCache = Callable[..., FleetCache]
+NOTICE_DEADLINE = 2.0  # how long a notice may take to reach another instance
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = NOTICE_DEADLINE) -> bool:
+    """Poll ``predicate`` until true or ``timeout``; its last answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return predicate()
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def raw(server: Server) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(server.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def pair(make_cache: MakeCache) -> tuple[FleetCache, FleetCache]:
+    a, b = make_cache(), make_cache()
+    assert a.connect(wait=5.0)
+    assert b.connect(wait=5.0)
+    assert a._process().bus.sender_id != b._process().bus.sender_id
+    return a, b
+
+
+def set_quietly(writer: FleetCache, reader: FleetCache, key: str, value: Any) -> None:
+    """Write, then wait until ``reader`` applied the notice (so it cannot race later reads)."""
+    before = reader.stats().invalidations_received
+    writer.set(key, value)
+    assert wait_until(lambda: reader.stats().invalidations_received > before)
+
+
+def warm(cache: FleetCache, key: str, expected: Any) -> None:
+    """Read ``key`` until it is an L1 hit in ``cache``."""
+    assert cache.get(key) == expected
+    hits = cache.stats().l1_hits
+    assert cache.get(key) == expected
+    assert cache.stats().l1_hits == hits + 1, "not promoted into L1"
+
+
+class RacingStore:
+    """Wraps a RedisStore; ``hook(method, key_or_keys)`` runs after a read, before returning."""
+
+    def __init__(self, real: Any, hook: Callable[[str, Any], None]) -> None:
+        self._real = real
+        self._hook = hook
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def get(self, key: str) -> bytes | None:
+        blob = self._real.get(key)
+        self._hook("get", key)
+        return blob  # type: ignore[no-any-return]
+
+    def get_many(self, keys: list[str]) -> list[bytes | None]:
+        blobs = self._real.get_many(keys)
+        self._hook("get_many", keys)
+        return blobs  # type: ignore[no-any-return]
+
+
+# -- plain notices --------------------------------------------------------------------------
+
+
+def test_set_on_a_drops_the_key_from_b_l1(pair: tuple[FleetCache, FleetCache]) -> None:
+    a, b = pair
+    set_quietly(a, b, "k", "old")
+    warm(b, "k", "old")
+
+    a.set("k", "new")
+    assert wait_until(lambda: b.get("k") == "new"), "B kept serving its stale L1 entry"
+    assert a.stats().invalidations_sent == 2
+
+
+def test_delete_on_a_drops_the_key_from_b_l1(pair: tuple[FleetCache, FleetCache]) -> None:
+    a, b = pair
+    set_quietly(a, b, "k", "old")
+    warm(b, "k", "old")
+
+    assert a.delete("k") is True
+    assert wait_until(lambda: b.get("k", "gone") == "gone"), "B kept serving a deleted key"
+    assert a.delete("k") is False  # already gone from L2
+
+
+def test_own_notices_do_not_flush_own_l1(pair: tuple[FleetCache, FleetCache]) -> None:
+    a, b = pair
+    a.set("k", "v")
+    # A fence: one channel delivers in order, so once A has applied B's notice it has
+    # seen its own earlier one too.
+    b.set("fence", 1)
+    assert wait_until(lambda: a.stats().invalidations_received >= 1)
+    assert a.get("k") == "v"
+    s = a.stats()
+    assert s.l1_hits == 1  # A's own write is in its L1 and its own notice did not drop it
+    assert s.invalidations_received == 1  # B's fence only
+
+
+def test_clear_flushes_other_instances_and_only_this_namespace(
+    pair: tuple[FleetCache, FleetCache], make_cache: MakeCache, namespace: str
+) -> None:
+    a, b = pair
+    other = make_cache(namespace=namespace + "-other")
+    other.set("k0", "kept")
+    for i in range(3):
+        set_quietly(a, b, f"k{i}", i)
+        warm(b, f"k{i}", i)
+
+    assert a.clear() == 3
+    assert wait_until(
+        lambda: b.get_many(["k0", "k1", "k2"]) == {}
+    ), "B's L1 survived clear() on A"
+    assert a.get_many(["k0", "k1", "k2"]) == {}
+    assert other.get("k0") == "kept"
+    assert b.stats().invalidations_received >= 4  # three sets and the flush
+
+
+# -- read-during-invalidate -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["get", "get_many", "get_or_compute"])
+def test_invalidation_landing_during_an_l2_read_is_not_undone(
+    pair: tuple[FleetCache, FleetCache], method: str
+) -> None:
+    """B's GET returns the old value, and A's notice is applied before B stores it in L1."""
+    a, b = pair
+    set_quietly(a, b, "k", "old")
+    proc = b._process()
+    real = proc.l2
+    raced: list[bool] = []
+
+    def hook(called: str, _: Any) -> None:
+        if raced:
+            return
+        raced.append(True)
+        seq = b._l1.seq
+        before = b.stats().invalidations_received
+        a.set("k", "new")  # the GET already has "old" in hand
+        assert wait_until(lambda: b.stats().invalidations_received > before)
+        assert wait_until(lambda: b._l1.seq != seq), "B's L1 never applied the notice"
+
+    proc.l2 = RacingStore(real, hook)  # type: ignore[assignment]
+    try:
+        if method == "get":
+            got = b.get("k")
+        elif method == "get_many":
+            got = b.get_many(["k"])["k"]
+        else:
+            got = b.get_or_compute("k", lambda: "computed")
+    finally:
+        proc.l2 = real
+    assert raced, "the read never reached L2"
+    assert got == "old"  # linearizable: the read happened before the write
+    assert b.stats().promotions == 0
+
+    hits = b.stats().l1_hits
+    assert b.get("k") == "new", "the old value was promoted after its invalidation"
+    assert b.stats().l1_hits == hits
+
+
+@pytest.mark.parametrize("writer_op", ["set", "delete"])
+def test_in_process_write_during_an_l2_read_is_not_undone(
+    pair: tuple[FleetCache, FleetCache], writer_op: str
+) -> None:
+    """T1 holds the old L2 value while T2 (same cache) writes; T1 must not store it."""
+    a, b = pair
+    set_quietly(a, b, "k", "old")
+    proc = b._process()
+    real = proc.l2
+    fetched, written = threading.Event(), threading.Event()
+    results: dict[str, Any] = {}
+    errors: list[BaseException] = []
+
+    def hook(called: str, _: Any) -> None:
+        if threading.current_thread().name == "T1":
+            fetched.set()
+            assert written.wait(2.0), "T2 never wrote"
+
+    def t1() -> None:
+        try:
+            results["t1"] = b.get("k")
+        except BaseException as exc:
+            errors.append(exc)
+
+    def t2() -> None:
+        try:
+            assert fetched.wait(2.0)
+            if writer_op == "set":
+                b.set("k", "new")
+            else:
+                b.delete("k")
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            written.set()
+
+    proc.l2 = RacingStore(real, hook)  # type: ignore[assignment]
+    threads = [threading.Thread(target=t1, name="T1"), threading.Thread(target=t2, name="T2")]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(5.0)
+    finally:
+        proc.l2 = real
+    assert not any(t.is_alive() for t in threads)
+    assert not errors, errors
+    assert results["t1"] == "old"
+    expected = "new" if writer_op == "set" else "gone"
+    assert b.get("k", "gone") == expected, "T1's stale read overwrote T2's write in L1"
+    # A hears of B's write through the bus: allow the notice its delivery time.
+    assert wait_until(lambda: a.get("k", "gone") == expected)
+
+
+# -- missed notices -------------------------------------------------------------------------
+
+
+def test_killed_pubsub_connection_flushes_l1_and_resubscribes(
+    pair: tuple[FleetCache, FleetCache], raw: redis.Redis
+) -> None:
+    a, b = pair
+    set_quietly(a, b, "k", "v1")
+    set_quietly(a, b, "untouched", "u")
+    warm(b, "k", "v1")
+    warm(b, "untouched", "u")
+
+    killed = raw.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    assert killed >= 2  # A's and B's listeners
+    a.set("k", "v2")  # may land in B's gap: B must not rely on hearing it
+    assert wait_until(lambda: b.stats().reconnects >= 1, 3.0), "B never noticed the kill"
+    assert wait_until(lambda: b.health().bus_connected, 3.0), "B did not resubscribe"
+
+    assert b.get("k") == "v2"
+    hits = b.stats().l1_hits
+    assert b.get("untouched") == "u"
+    assert b.stats().l1_hits == hits, "L1 was not flushed on reconnect"
+
+    # Resubscribed for real: a later notice reaches B again.
+    warm(b, "k", "v2")
+    a.set("k", "v3")
+    assert wait_until(lambda: b.get("k") == "v3"), "B is deaf after resubscribing"
+
+
+def test_server_restart_flushes_l1_and_serves_fresh_values(own_server: Server) -> None:
+    ns = "t" + uuid.uuid4().hex[:12]
+    a = FleetCache.from_url(own_server.url, namespace=ns)
+    b = FleetCache.from_url(own_server.url, namespace=ns)
+    try:
+        assert a.connect(wait=5.0) and b.connect(wait=5.0)
+        set_quietly(a, b, "k", "old")
+        set_quietly(a, b, "other", "x")
+        warm(b, "k", "old")
+        warm(b, "other", "x")
+
+        own_server.restart()  # data gone; B's listener loses its connection
+        deadline = time.monotonic() + 5.0
+        while True:  # the write right after the restart, likely before B resubscribed
+            try:
+                a.set("k", "new")
+                break
+            except BackendError:
+                assert time.monotonic() < deadline, "A cannot write after the restart"
+                time.sleep(0.05)
+
+        # redis-py may reconnect silently: the resubscribe confirmation is the only sign.
+        assert wait_until(lambda: b.stats().reconnects >= 1, 5.0), "B never resubscribed"
+        assert wait_until(lambda: b.health().bus_connected, 5.0), "B's bus stayed down"
+        assert b.get("other", "flushed") == "flushed", "B's L1 survived the restart"
+        assert b.get("k") == "new"
+
+        warm(b, "k", "new")
+        a.set("k", "newer")
+        assert wait_until(lambda: b.get("k") == "newer"), "B is deaf after the restart"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_l1_entries_stored_while_the_bus_is_down_live_degraded_l1_ttl(
+    make_cache: MakeCache, server: Server, raw: redis.Redis, namespace: str
+) -> None:
+    """A worker whose listener cannot subscribe (ACL without channels) while L2 works."""
+    user = "nobus" + uuid.uuid4().hex[:8]
+    raw.execute_command("ACL", "SETUSER", user, "on", ">pw", "~*", "resetchannels", "+@all")
+    degraded = 0.3
+    c = FleetCache.from_url(f"redis://{user}:pw@127.0.0.1:{server.port}/0",
+                            namespace=namespace, degraded_l1_ttl=degraded)
+    try:
+        a = make_cache()
+        assert a.connect(wait=5.0)
+        assert not c.connect(wait=0.3)
+        health = c.health()
+        assert health.redis_ok and not health.bus_connected
+
+        a.set("k", "old")
+        # The listener's retries flush L1 now and then: promote until we see the entry.
+        entry = None
+        for _ in range(50):
+            promoted_at = time.monotonic()
+            assert c.get("k") == "old"
+            entry = c._l1.data.get("k")
+            if entry is not None:
+                break
+        assert entry is not None, "nothing was ever stored in L1 while the bus was down"
+        life = entry[1] - time.monotonic()
+        assert life <= degraded, f"L1 entry lives {life:.1f} s, degraded_l1_ttl is {degraded}"
+
+        a.set("k", "new")  # C cannot hear this
+        assert wait_until(lambda: c.get("k") == "new", degraded + 1.0)
+        assert time.monotonic() - promoted_at <= degraded + 0.3
+    finally:
+        c.close()
+        raw.execute_command("ACL", "DELUSER", user)

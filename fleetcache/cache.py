@@ -299,6 +299,30 @@ class FleetCache:
             self._counters.invalidations_sent += 1
             self._l1.put(key, value, min(seconds, self._l1_ttl()))
 
+    def add(
+        self, key: str, value: Any, *, ttl: float | None = None,
+        strategy: CacheStrategy | None = None,
+    ) -> bool:
+        """Store ``value`` only if L2 holds nothing under ``key`` (SET NX); True if stored.
+
+        Atomic fleet-wide: of concurrent ``add`` calls exactly one wins. Raises like
+        :meth:`set`.
+        """
+        self._check_key(key)
+        seconds = self._resolve_ttl(ttl, strategy)
+        blob = self._codec.encode(key, value, int((time.time() + seconds) * 1000))
+        proc = self._process()
+        with proc.writes.hold(key):
+            seq = self._l1.seq
+            # A "filled" notice: where L2 held nothing, no L1 can hold a replaced value.
+            stored = proc.l2.set_and_publish(
+                key, blob, int(seconds * 1000), proc.bus.message(key, filled=True),
+                only_if_absent=True,
+            )
+            if stored:
+                self._l1.store_if_unchanged(key, value, min(seconds, self._l1_ttl()), seq)
+        return stored
+
     def delete(self, key: str) -> bool:
         """Remove ``key`` from L2 and from every process's L1; True if it existed in L2."""
         self._check_key(key)

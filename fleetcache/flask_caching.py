@@ -212,28 +212,8 @@ class FleetCacheBackend(BaseCache):
         return list(mapping)
 
     def add(self, key: str, value: Any, timeout: int | dt.timedelta | None = None) -> bool:
-        """Store ``value`` only if ``key`` holds none; True if stored.
-
-        Built on ``get_or_compute``, so concurrent ``add`` calls are serialized fleet-wide
-        by its per-key locks: the first stores, the others find its value and return False.
-        The "compute" stores the value with ``set()``, so an unreachable Redis raises like
-        every other write (``get_or_compute`` alone would keep a degraded value in this
-        worker's L1 and report success). Limitations: a plain ``set()`` from another process
-        that lands between this call's existence check and its store is overwritten; and the
-        check reads this worker's L1 first, so for the invalidation delay (normally a few
-        ms) after another worker's ``delete`` the key may still count as present.
-        """
-        ttl = self._ttl(timeout)
-        stored = False
-
-        def store() -> Any:
-            nonlocal stored
-            self.cache.set(key, value, ttl=ttl)
-            stored = True
-            return value
-
-        self.cache.get_or_compute(key, store, ttl=ttl)
-        return stored
+        """Store ``value`` only if ``key`` holds none (SET NX, atomic fleet-wide)."""
+        return self.cache.add(key, value, ttl=self._ttl(timeout))
 
     def delete(self, key: str) -> bool:
         """Delete ``key`` everywhere (L2 and every L1); True if it existed."""

@@ -113,7 +113,7 @@ class FleetCache:
         elif options:
             config = config.replace(**options)
         self.config = config
-        self._codec = Codec(config.max_value_bytes)
+        self._codec = Codec(config.max_value_bytes, config.signing_key_bytes)
         self._closed = False
         self._reset_process_state()
         _fork.register(self)
@@ -249,7 +249,7 @@ class FleetCache:
         if blob is None:
             return _MISSING
         try:
-            value, expires_at_ms = self._codec.decode(blob)
+            value, expires_at_ms = self._codec.decode(blob, key)
         except CorruptValueError as exc:
             self._counters.corrupt_values += 1
             if self._counters.corrupt_values == 1:

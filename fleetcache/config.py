@@ -44,6 +44,9 @@ class CacheConfig:
         reconnect_backoff: the longest pause between listener reconnect attempts.
         max_value_bytes: encoded values above this raise ``ValueTooLargeError``.
         max_key_length: keys longer than this (in characters) raise ``InvalidKeyError``.
+        signing_key: a secret (16+ bytes); every L2 value then carries an HMAC and values
+            that fail verification read as corrupt, so a client with Redis access cannot
+            plant values in the app's cache. Every process of the fleet needs the same key.
     """
 
     url: str = DEFAULT_URL
@@ -65,6 +68,7 @@ class CacheConfig:
     reconnect_backoff: float = 1.0
     max_value_bytes: int = 16 * 1024 * 1024
     max_key_length: int = 1024
+    signing_key: str | bytes | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.url, str) or not self.url.startswith(_SCHEMES):
@@ -77,6 +81,10 @@ class CacheConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive int, got {value!r}")
+        if self.signing_key is not None and (
+            not isinstance(self.signing_key, str | bytes) or len(self.signing_key) < 16
+        ):
+            raise ConfigError("signing_key must be a str or bytes of at least 16 characters")
         if not isinstance(self.retries, int) or self.retries < 0:
             raise ConfigError(f"retries must be an int >= 0, got {self.retries!r}")
         for name in ("l1_ttl", "default_ttl", "socket_timeout", "connect_timeout",
@@ -94,6 +102,12 @@ class CacheConfig:
     def replace(self, **changes: object) -> CacheConfig:
         """A copy with some settings changed (validated again)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def signing_key_bytes(self) -> bytes | None:
+        """The signing key as bytes (UTF-8 for a str), or None."""
+        key = self.signing_key
+        return key.encode() if isinstance(key, str) else key
 
     @property
     def safe_url(self) -> str:

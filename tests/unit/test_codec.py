@@ -305,3 +305,35 @@ def test_property_random_bytes_decode_or_raise_corrupt_value_error(blob: bytes) 
     except CorruptValueError:
         return
     assert isinstance(expires_at_ms, int)
+
+
+# -- signing ------------------------------------------------------------------------------
+
+SECRET = b"0123456789abcdef-secret"
+
+
+def test_signed_values_round_trip_and_carry_a_mac() -> None:
+    signed, plain = Codec(1 << 20, SECRET), Codec(1 << 20)
+    blob = signed.encode("k", {"a": 1}, 42)
+    assert len(blob) == len(plain.encode("k", {"a": 1}, 42)) + 32
+    assert signed.decode(blob, "k") == ({"a": 1}, 42)
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        pytest.param(lambda c, s: Codec(1 << 20).encode("k", {"a": 2}, 42), id="unsigned"),
+        pytest.param(lambda c, s: Codec(1 << 20, b"another-secret-1234").encode("k", 1, 42),
+                     id="other-secret"),
+        pytest.param(lambda c, s: c.encode("other", {"a": 1}, 42), id="copied-from-other-key"),
+        pytest.param(lambda c, s: s[:-1] + bytes([s[-1] ^ 1]), id="flipped-mac-bit"),
+        pytest.param(lambda c, s: s[:5] + bytes([s[5] ^ 1]) + s[6:], id="flipped-body-bit"),
+        pytest.param(lambda c, s: s[-32:], id="mac-only"),
+        pytest.param(lambda c, s: b"", id="empty"),
+    ],
+)
+def test_forged_or_damaged_signed_values_are_corrupt(forge: Any) -> None:
+    codec = Codec(1 << 20, SECRET)
+    genuine = codec.encode("k", {"a": 1}, 42)
+    with pytest.raises(CorruptValueError):
+        codec.decode(forge(codec, genuine), "k")

@@ -44,9 +44,19 @@ def _db() -> sqlite3.Connection:
     conn = getattr(_local, "conn", None)
     if conn is None:
         conn = sqlite3.connect(DB_PATH, timeout=10, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("CREATE TABLE IF NOT EXISTS product (id INTEGER PRIMARY KEY, "
-                     "version INTEGER NOT NULL)")
+        # Switching a fresh file to WAL fails at once with "database is locked" when several
+        # workers open it together (the busy timeout does not apply): retry briefly.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("CREATE TABLE IF NOT EXISTS product (id INTEGER PRIMARY KEY, "
+                             "version INTEGER NOT NULL)")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
         _local.conn = conn
     return conn
 

@@ -291,13 +291,16 @@ class FleetCache:
         blob = self._codec.encode(key, value, int((time.time() + seconds) * 1000))
         proc = self._process()
         with proc.writes.hold(key):
+            seq = self._l1.seq
             try:
                 proc.l2.set_and_publish(key, blob, int(seconds * 1000), proc.bus.message(key))
             except BackendError:
                 self._l1.invalidate(key)  # unknown outcome: never keep the old value locally
                 raise
             self._counters.invalidations_sent += 1
-            self._l1.put(key, value, min(seconds, self._l1_ttl()))
+            # A newer write from elsewhere may have landed (and its notice been applied)
+            # between our SET and its reply: then ours is not the current value.
+            self._l1.put(key, value, min(seconds, self._l1_ttl()), seq)
 
     def add(
         self, key: str, value: Any, *, ttl: float | None = None,

@@ -12,6 +12,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from .errors import ConfigError, InvalidArgumentError
 
@@ -73,6 +74,9 @@ class CacheConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.url, str) or not self.url.startswith(_SCHEMES):
             raise ConfigError("url must be a redis://, rediss:// or unix:// URL")
+        if not _well_formed(self.url):  # never repeat the URL: it may hold a password
+            raise ConfigError("url is malformed: percent-encode '/', '?', '#', '@' and '%' in "
+                              "the password (urllib.parse.quote(password, safe=''))")
         if not isinstance(self.namespace, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}",
                                                                      self.namespace):
             raise ConfigError("namespace must be 1-64 characters of [A-Za-z0-9_.-]")
@@ -118,6 +122,19 @@ class CacheConfig:
         return f"CacheConfig(url={self.safe_url!r}, namespace={self.namespace!r})"
 
 
+def _well_formed(url: str) -> bool:
+    """False when an unescaped character would make redis-py misparse the URL (and then
+    quote part of the password in its error)."""
+    if url.startswith("unix://"):
+        return True
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for "host:<part of a password>"
+    except ValueError:
+        return False
+    return "@" not in parts.path + parts.query + parts.fragment
+
+
 def env_url() -> str:
     """``FLEETCACHE_REDIS_URL``, else ``REDIS_URL``, else the local default.
 
@@ -148,5 +165,5 @@ def check_seconds(
 def redact_url(url: str) -> str:
     """Mask the password in ``scheme://user:password@host`` (and ``?password=``)."""
     # Up to the last "@" before the path: redis-py splits there, so "@" may be in a password.
-    url = re.sub(r"(://[^:/@]*:)[^/?#]*@", r"\1***@", url)
+    url = re.sub(r"(://[^:/@]*:).*@", r"\1***@", url)
     return re.sub(r"(password=)[^&]*", r"\1***", url)

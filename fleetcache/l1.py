@@ -41,11 +41,18 @@ class LocalStore:
             return entry
         return None
 
-    def put(self, key: str, value: Any, ttl: float) -> None:
-        """Store this process's own write; concurrent promotions of older reads are voided."""
+    def put(self, key: str, value: Any, ttl: float, seq: int) -> bool:
+        """Store this process's own write, sent when ``self.seq == seq``; False if anything
+        moved since (then ``key`` is dropped instead). Voids concurrent promotions either way.
+        """
         with self._lock:
+            moved = self.seq != seq
             self.seq += 1
+            if moved:
+                self.data.pop(key, None)
+                return False
             self._insert(key, (value, monotonic() + ttl))
+            return True
 
     def store_if_unchanged(self, key: str, value: Any, ttl: float, seq: int) -> bool:
         """Promote an L2 read taken when ``self.seq == seq``; False if anything moved since."""

@@ -48,6 +48,11 @@ def make_client(config: CacheConfig) -> redis.Redis:
         socket_timeout=config.socket_timeout,
         socket_connect_timeout=config.connect_timeout,
         retry=retry,
+        # RESP2 without client info: one round trip to set up a connection (plus AUTH)
+        # instead of four (HELLO, CLIENT MAINT_NOTIFICATIONS, 2x CLIENT SETINFO), each
+        # of which could take a full socket_timeout on a slow link.
+        protocol=2,
+        driver_info=None,
     )
     return redis.Redis(connection_pool=pool)
 

@@ -41,7 +41,7 @@ def value_of(store: LocalStore, key: str) -> object:
 
 def test_entry_is_live_until_its_ttl_and_gone_at_it(clock: FakeClock) -> None:
     store = LocalStore(10)
-    store.put("k", "v", 5.0)
+    store.put("k", "v", 5.0, store.seq)
     assert store.get("k") == ("v", 1005.0)
     clock.advance(4.999)
     assert value_of(store, "k") == "v"
@@ -51,8 +51,8 @@ def test_entry_is_live_until_its_ttl_and_gone_at_it(clock: FakeClock) -> None:
 
 def test_each_entry_has_its_own_ttl(clock: FakeClock) -> None:
     store = LocalStore(10)
-    store.put("short", 1, 1.0)
-    store.put("long", 2, 10.0)
+    store.put("short", 1, 1.0, store.seq)
+    store.put("long", 2, 10.0, store.seq)
     clock.advance(2.0)
     assert store.get("short") is None
     assert value_of(store, "long") == 2
@@ -68,16 +68,16 @@ def test_promoted_entry_expires_too(clock: FakeClock) -> None:
 
 def test_reput_restarts_the_ttl(clock: FakeClock) -> None:
     store = LocalStore(10)
-    store.put("k", "old", 5.0)
+    store.put("k", "old", 5.0, store.seq)
     clock.advance(4.0)
-    store.put("k", "new", 5.0)
+    store.put("k", "new", 5.0, store.seq)
     clock.advance(4.0)  # 8 s after the first put, 4 s after the second
     assert value_of(store, "k") == "new"
 
 
 def test_cached_none_is_a_live_entry_not_a_miss(clock: FakeClock) -> None:
     store = LocalStore(10)
-    store.put("k", None, 5.0)
+    store.put("k", None, 5.0, store.seq)
     assert store.get("k") == (None, 1005.0)
 
 
@@ -91,20 +91,20 @@ def test_missing_key_is_none(clock: FakeClock) -> None:
 def test_capacity_evicts_the_oldest_insertion_first(clock: FakeClock) -> None:
     store = LocalStore(3)
     for key in ("a", "b", "c"):
-        store.put(key, key.upper(), 60.0)
-    store.put("d", "D", 60.0)
+        store.put(key, key.upper(), 60.0, store.seq)
+    store.put("d", "D", 60.0, store.seq)
     assert len(store) == 3
     assert store.get("a") is None
     assert [value_of(store, k) for k in ("b", "c", "d")] == ["B", "C", "D"]
-    store.put("e", "E", 60.0)
+    store.put("e", "E", 60.0, store.seq)
     assert store.get("b") is None
     assert sorted(store.data) == ["c", "d", "e"]
 
 
 def test_promotion_respects_capacity(clock: FakeClock) -> None:
     store = LocalStore(2)
-    store.put("a", 1, 60.0)
-    store.put("b", 2, 60.0)
+    store.put("a", 1, 60.0, store.seq)
+    store.put("b", 2, 60.0, store.seq)
     assert store.store_if_unchanged("c", 3, 60.0, store.seq)
     assert len(store) == 2
     assert store.get("a") is None
@@ -113,9 +113,9 @@ def test_promotion_respects_capacity(clock: FakeClock) -> None:
 
 def test_reput_of_an_existing_key_at_capacity_evicts_nothing(clock: FakeClock) -> None:
     store = LocalStore(2)
-    store.put("a", 1, 60.0)
-    store.put("b", 2, 60.0)
-    store.put("a", 10, 60.0)
+    store.put("a", 1, 60.0, store.seq)
+    store.put("b", 2, 60.0, store.seq)
+    store.put("a", 10, 60.0, store.seq)
     assert len(store) == 2
     assert value_of(store, "a") == 10
     assert value_of(store, "b") == 2
@@ -127,8 +127,8 @@ def test_reput_of_an_existing_key_at_capacity_evicts_nothing(clock: FakeClock) -
 
 def test_capacity_one(clock: FakeClock) -> None:
     store = LocalStore(1)
-    store.put("a", 1, 60.0)
-    store.put("b", 2, 60.0)
+    store.put("a", 1, 60.0, store.seq)
+    store.put("b", 2, 60.0, store.seq)
     assert store.get("a") is None
     assert value_of(store, "b") == 2
     assert len(store) == 1
@@ -140,13 +140,13 @@ def test_capacity_one(clock: FakeClock) -> None:
 def test_put_bumps_seq(clock: FakeClock) -> None:
     store = LocalStore(10)
     before = store.seq
-    store.put("k", 1, 60.0)
+    store.put("k", 1, 60.0, store.seq)
     assert store.seq > before
 
 
 def test_invalidate_bumps_seq_and_reports_presence(clock: FakeClock) -> None:
     store = LocalStore(10)
-    store.put("k", 1, 60.0)
+    store.put("k", 1, 60.0, store.seq)
     before = store.seq
     assert store.invalidate("k") is True
     assert store.seq > before
@@ -159,8 +159,8 @@ def test_invalidate_bumps_seq_and_reports_presence(clock: FakeClock) -> None:
 
 def test_clear_bumps_seq_and_empties(clock: FakeClock) -> None:
     store = LocalStore(10)
-    store.put("a", 1, 60.0)
-    store.put("b", 2, 60.0)
+    store.put("a", 1, 60.0, store.seq)
+    store.put("b", 2, 60.0, store.seq)
     before = store.seq
     store.clear()
     assert store.seq > before
@@ -178,8 +178,8 @@ def test_store_if_unchanged_stores_when_nothing_moved(clock: FakeClock) -> None:
 @pytest.mark.parametrize(
     "move",
     [
-        pytest.param(lambda s: s.put("other", 1, 60.0), id="put-other-key"),
-        pytest.param(lambda s: s.put("k", "fresh", 60.0), id="put-same-key"),
+        pytest.param(lambda s: s.put("other", 1, 60.0, s.seq), id="put-other-key"),
+        pytest.param(lambda s: s.put("k", "fresh", 60.0, s.seq), id="put-same-key"),
         pytest.param(lambda s: s.invalidate("k"), id="invalidate-same-key"),
         pytest.param(lambda s: s.invalidate("absent"), id="invalidate-absent-key"),
         pytest.param(lambda s: s.clear(), id="clear"),
@@ -199,7 +199,7 @@ def test_store_if_unchanged_refuses_after_any_seq_move(
 def test_refused_promotion_leaves_the_newer_write(clock: FakeClock) -> None:
     store = LocalStore(10)
     seq = store.seq
-    store.put("k", "new", 60.0)
+    store.put("k", "new", 60.0, store.seq)
     assert not store.store_if_unchanged("k", "old", 60.0, seq)
     assert value_of(store, "k") == "new"
 
@@ -207,6 +207,18 @@ def test_refused_promotion_leaves_the_newer_write(clock: FakeClock) -> None:
 def test_refused_promotion_does_not_evict(clock: FakeClock) -> None:
     store = LocalStore(1)
     seq = store.seq
-    store.put("a", 1, 60.0)
+    store.put("a", 1, 60.0, store.seq)
     assert not store.store_if_unchanged("b", 2, 60.0, seq)
     assert value_of(store, "a") == 1
+
+
+def test_put_after_a_move_drops_the_key_instead_of_storing(clock: FakeClock) -> None:
+    """Our own write raced a newer one whose notice arrived first: keep neither."""
+    store = LocalStore(capacity=10)
+    store.put("k", "ours-old", 60.0, store.seq)
+    seq = store.seq  # taken before our SET is sent
+    store.invalidate("k")  # a newer write elsewhere, applied before our reply came back
+    store.put("k", "newer-remote", 60.0, store.seq)  # e.g. promoted meanwhile
+    assert store.put("k", "ours", 60.0, seq) is False
+    assert store.get("k") is None
+    assert store.seq > seq + 1

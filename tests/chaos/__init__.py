@@ -1,0 +1,1 @@
+"""Fault-injection tests: a TCP proxy between fleetcache and a private server breaks the link."""

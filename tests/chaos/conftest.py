@@ -1,0 +1,65 @@
+"""Fixtures of the chaos tests: a fault-injecting proxy in front of a server of the test's own."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from fleetcache import FleetCache
+
+from ..servers import Server
+from .proxy import Proxy
+
+
+@pytest.fixture
+def proxy(own_server: Server) -> Iterator[Proxy]:
+    """A :class:`Proxy` in front of ``own_server`` (``proxy.url()`` for clients)."""
+    with Proxy(own_server.port) as p:
+        yield p
+
+
+@pytest.fixture
+def caches() -> Iterator[Callable[..., FleetCache]]:
+    """Factory of caches on any URL, all in one fresh namespace; closed after the test."""
+    made: list[FleetCache] = []
+    ns = "c" + uuid.uuid4().hex[:12]
+
+    def factory(url: str, **options: Any) -> FleetCache:
+        options.setdefault("namespace", ns)
+        cache = FleetCache.from_url(url, **options)
+        made.append(cache)
+        return cache
+
+    yield factory
+    for cache in made:
+        cache.close()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.005) -> bool:
+    """Poll ``predicate`` until true or ``timeout``; its last answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return predicate()
+        time.sleep(step)
+
+
+def assert_no_new_threads(baseline: set[threading.Thread], timeout: float = 3.0) -> None:
+    """Every thread started since ``baseline`` was taken has ended (polled up to ``timeout``)."""
+
+    def extra() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t not in baseline and t.is_alive()]
+
+    wait_until(lambda: not extra(), timeout, step=0.02)
+    left = extra()
+    assert not left, f"threads leaked: {[t.name for t in left]}"
+    assert threading.active_count() <= len(baseline), (
+        f"{threading.active_count()} threads alive, {len(baseline)} at the start"
+    )

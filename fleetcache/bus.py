@@ -71,6 +71,7 @@ class InvalidationBus:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ever_connected = False
+        self._said_never = False
 
     def message(self, key: str | None, *, filled: bool = False) -> bytes:
         """The notice for ``key`` (None: flush everything), tagged with our sender id.
@@ -181,6 +182,13 @@ class InvalidationBus:
         was_connected = self.connected
         self.connected = False
         self._on_flush()
+        reason = f"{type(exc).__name__}: {exc}" if exc else "error"
         if was_connected:
             logger.warning("fleetcache: invalidation bus down (%s); L1 flushed, "
-                           "reconnecting", type(exc).__name__ if exc else "error")
+                           "reconnecting", reason)
+        elif not self._ever_connected and not self._said_never:
+            # Once: a bus that never comes up (Redis down at start, an ACL user without
+            # channel permission) would otherwise be visible in health() only.
+            self._said_never = True
+            logger.warning("fleetcache: invalidation bus cannot subscribe (%s); L1 entries "
+                           "live degraded_l1_ttl until it does", reason)

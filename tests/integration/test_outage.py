@@ -257,3 +257,20 @@ def test_right_password_works_and_is_not_shown(
     for text in [repr(a), repr(a.config), a.config.safe_url,
                  *(r.getMessage() for r in caplog.records)]:
         assert RIGHT not in text
+
+
+def test_a_bus_that_never_comes_up_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="fleetcache")
+    cache = FleetCache.from_url("redis://:hunter2-secret@127.0.0.1:1/0", namespace="never",
+                                reconnect_backoff=0.05)
+    try:
+        assert cache.get("k", "default") == "default"
+        assert wait_until(lambda: any("cannot subscribe" in r.getMessage()
+                                      for r in caplog.records), 3.0)
+        time.sleep(0.3)  # several more failed attempts
+        never = [r for r in caplog.records if "cannot subscribe" in r.getMessage()]
+        assert len(never) == 1
+        assert all("hunter2" not in r.getMessage() for r in caplog.records)
+        assert not cache.health().bus_connected
+    finally:
+        cache.close()

@@ -4,7 +4,7 @@ Every worker keeps a bounded L1; writes and deletes drop the key from every work
 through Redis pub/sub; cold keys are computed once per fleet. See README.md.
 """
 
-from .cache import FleetCache, Health
+from .cache import FleetCache
 from .config import CacheConfig
 from .decorator import CachedFunction
 from .errors import (
@@ -19,7 +19,7 @@ from .errors import (
     ValueEncodeError,
     ValueTooLargeError,
 )
-from .stats import CacheStats
+from .stats import CacheStats, Health
 from .strategy import CacheStrategy
 from .streams import StreamEntry
 

@@ -11,11 +11,9 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, overload
 
 from . import _fork
-from .bus import InvalidationBus
 from .codec import Codec
 from .config import CacheConfig, check_seconds, env_url
 from .decorator import CachedFunction
@@ -27,11 +25,11 @@ from .errors import (
     InvalidKeyError,
 )
 from .l1 import LocalStore, monotonic
-from .l2 import RedisStore, make_client
-from .locks import FleetLock, KeyedLocks
-from .stats import CacheStats, Counters
+from .locks import FleetLock
+from .process import ProcessState
+from .stats import CacheStats, Counters, Health
 from .strategy import CacheStrategy
-from .streams import Fields, StreamEntry, Streams
+from .streams import Fields, StreamEntry
 
 logger = logging.getLogger("fleetcache")
 
@@ -43,53 +41,6 @@ _MISSING: Any = object()
 _TIMED_OUT: Any = object()
 _WAIT_FIRST = 0.001  # first poll of a waiter; doubles up to _WAIT_CAP
 _WAIT_CAP = 0.05
-
-
-@dataclass(frozen=True, slots=True)
-class Health:
-    """What :meth:`FleetCache.health` found, for readiness probes and dashboards."""
-
-    redis_ok: bool
-    redis_latency_ms: float | None
-    bus_connected: bool
-    l1_size: int
-    pid: int
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        """Redis answers and the invalidation bus is subscribed."""
-        return self.redis_ok and self.bus_connected
-
-
-class _Process:
-    """Everything bound to one process: connections, the listener, locks, waiters."""
-
-    def __init__(self, cache: FleetCache) -> None:
-        config = cache.config
-        self.client = make_client(config)
-        self.l2 = RedisStore(self.client, config.namespace)
-        self.streams = Streams(self.client, config.namespace, config.stream_timeout_margin)
-        self.flights = KeyedLocks()  # coalesces computes of one key
-        self.writes = KeyedLocks()  # orders this process's writes of one key
-        self.waiters: dict[str, threading.Event] = {}
-        self.lock_prefix = f"{config.namespace}:lock:"
-        self.bus = InvalidationBus(
-            self.client, channel=self.l2.channel, codec=cache._codec, config=config,
-            counters=cache._counters,
-            on_key=cache._on_remote_invalidation, on_fill=self.wake_waiter,
-            on_flush=cache._flush_l1,
-        )
-        self.bus.start()
-
-    def wake_waiter(self, key: str) -> None:
-        event = self.waiters.get(key)
-        if event is not None:
-            event.set()  # the winner's fill notice: wake our waiter now
-
-    def close(self) -> None:
-        self.bus.stop()
-        self.client.connection_pool.disconnect()
 
 
 class FleetCache:
@@ -132,7 +83,7 @@ class FleetCache:
         self._l1 = LocalStore(self.config.l1_capacity)
         self._l1_get = self._l1.data.get  # bound once: the hit path's only lookup
         self._counters = Counters()
-        self._proc: _Process | None = None
+        self._proc: ProcessState | None = None
         self._init_lock = threading.Lock()
 
     def _after_fork_in_child(self) -> None:
@@ -141,7 +92,7 @@ class FleetCache:
         # no invalidation yet.
         self._reset_process_state()
 
-    def _process(self) -> _Process:
+    def _process(self) -> ProcessState:
         proc = self._proc
         if proc is None:
             with self._init_lock:
@@ -151,7 +102,10 @@ class FleetCache:
                 if proc is None:
                     if self._url_from_env:
                         self.config = self.config.replace(url=env_url())
-                    proc = self._proc = _Process(self)
+                    proc = self._proc = ProcessState(
+                        self.config, self._codec, self._counters,
+                        on_invalidate=self._on_remote_invalidation, on_flush=self._flush_l1,
+                    )
         return proc
 
     def connect(self, wait: float = 0.0) -> bool:
@@ -381,7 +335,7 @@ class FleetCache:
                 return entry[0]  # type: ignore[no-any-return]
             return self._fill(proc, key, compute, seconds)
 
-    def _fill(self, proc: _Process, key: str, compute: Callable[[], T], ttl: float) -> T:
+    def _fill(self, proc: ProcessState, key: str, compute: Callable[[], T], ttl: float) -> T:
         seq = self._l1.seq
         try:
             value = self._accept(key, proc.l2.get(key), seq)
@@ -414,7 +368,7 @@ class FleetCache:
             # The lock is free (holder done without storing, or dead): try to take it.
 
     def _compute_locked(
-        self, proc: _Process, lock: FleetLock, key: str, compute: Callable[[], T], ttl: float
+        self, proc: ProcessState, lock: FleetLock, key: str, compute: Callable[[], T], ttl: float
     ) -> T:
         try:
             seq = self._l1.seq
@@ -452,7 +406,9 @@ class FleetCache:
         finally:
             counters.in_flight -= 1
 
-    def _store_computed(self, proc: _Process, key: str, value: Any, ttl: float, seq: int) -> None:
+    def _store_computed(
+        self, proc: ProcessState, key: str, value: Any, ttl: float, seq: int
+    ) -> None:
         """SET NX + notice; a failure to store is logged, the computed value still returned."""
         blob = self._codec.encode(key, value, int((time.time() + ttl) * 1000))
         try:
@@ -467,7 +423,7 @@ class FleetCache:
         if stored:
             self._l1.store_if_unchanged(key, value, min(ttl, self._l1_ttl()), seq)
 
-    def _wait_for_value(self, proc: _Process, key: str, lock_key: str, give_up: float) -> Any:
+    def _wait_for_value(self, proc: ProcessState, key: str, lock_key: str, give_up: float) -> Any:
         """Wait for another process's compute.
 
         Returns the value; _MISSING once the lock is free (or Redis failed); _TIMED_OUT when

@@ -81,3 +81,20 @@ class CacheStats:
     def of(cls, counters: Counters) -> CacheStats:
         """Copy the live counters."""
         return cls(**{f.name: getattr(counters, f.name) for f in fields(cls)})
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """What :meth:`FleetCache.health` found, for readiness probes and dashboards."""
+
+    redis_ok: bool
+    redis_latency_ms: float | None
+    bus_connected: bool
+    l1_size: int
+    pid: int
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Redis answers and the invalidation bus is subscribed."""
+        return self.redis_ok and self.bus_connected

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -13,6 +12,7 @@ import pytest
 from fleetcache import FleetCache
 
 from ..servers import Server
+from ..waiting import wait_until
 from .proxy import Proxy
 
 
@@ -38,17 +38,6 @@ def caches() -> Iterator[Callable[..., FleetCache]]:
     yield factory
     for cache in made:
         cache.close()
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.005) -> bool:
-    """Poll ``predicate`` until true or ``timeout``; its last answer."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return predicate()
-        time.sleep(step)
 
 
 def assert_no_new_threads(baseline: set[threading.Thread], timeout: float = 3.0) -> None:

@@ -18,20 +18,10 @@ import redis
 from fleetcache import BackendError, FleetCache
 
 from ..servers import Server
+from ..waiting import wait_until
 
 MakeCache = Callable[..., FleetCache]
 NOTICE_DEADLINE = 2.0  # how long a notice may take to reach another instance
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = NOTICE_DEADLINE) -> bool:
-    """Poll ``predicate`` until true or ``timeout``; its last answer."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return predicate()
-        time.sleep(0.005)
 
 
 @pytest.fixture

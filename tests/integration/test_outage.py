@@ -19,19 +19,9 @@ from fleetcache import (
 )
 
 from ..servers import Server, binaries
+from ..waiting import wait_until
 
 BOUND = 1.5  # no cache call may take longer than this while Redis is sick
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    """Poll ``predicate`` until true or ``timeout``; its last answer."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return predicate()
-        time.sleep(0.01)
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:

@@ -13,19 +13,9 @@ import redis
 from fleetcache import FleetCache
 
 from ..servers import Server
+from ..waiting import wait_until
 
 MakeCache = Callable[..., FleetCache]
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 2.0) -> bool:
-    """Poll ``predicate`` until true or ``timeout``; its last answer."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return predicate()
-        time.sleep(0.005)
 
 
 @pytest.fixture

@@ -321,11 +321,14 @@ class FleetCache:
         ``lock_timeout`` and a waiter takes over. If ``compute`` raises, the error reaches
         its caller, nothing is cached, and the next caller computes.
         """
-        self._check_key(key)
-        entry = self._l1_get(key)
+        try:
+            entry = self._l1_get(key)
+        except TypeError:  # unhashable key: _check_key names the problem
+            entry = None
         if entry is not None and entry[1] > monotonic():
             self._counters.l1_hits += 1
             return entry[0]  # type: ignore[no-any-return]
+        self._check_key(key)
         seconds = self._resolve_ttl(ttl, strategy)
         proc = self._process()
         with proc.flights.hold(key):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from typing import Any
 
 monotonic = time.monotonic
@@ -28,7 +29,10 @@ class LocalStore:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.data: dict[str, Entry] = {}
+        # OrderedDict: evicting the oldest is popitem(last=False), O(1); on a plain dict
+        # del d[next(iter(d))] must skip the dead slots piling up at its front (~15x slower
+        # at capacity). Lookups cost the same as on a dict.
+        self.data: OrderedDict[str, Entry] = OrderedDict()
         self.seq = 0
         # Looked up at call time, so a store made after gevent's monkey-patching gets a
         # greenlet-aware lock (a native lock would block the hub).
@@ -80,5 +84,5 @@ class LocalStore:
     def _insert(self, key: str, entry: Entry) -> None:
         data = self.data
         if data.pop(key, None) is None and len(data) >= self.capacity:
-            del data[next(iter(data))]  # the oldest insertion; safe: we hold the lock
+            data.popitem(last=False)  # the oldest insertion
         data[key] = entry

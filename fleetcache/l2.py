@@ -8,8 +8,8 @@ invalidation in one MULTI/EXEC: one round trip, and never a new value without it
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from types import TracebackType
 from typing import Any, TypeVar
 
 import redis
@@ -57,15 +57,28 @@ def make_client(config: CacheConfig) -> redis.Redis:
     return redis.Redis(connection_pool=pool)
 
 
-@contextmanager
-def mapped_errors(what: str) -> Iterator[None]:
-    """Turn redis-py errors into fleetcache's tree (the original kept as ``__cause__``)."""
-    try:
-        yield
-    except _UNAVAILABLE as exc:
-        raise BackendUnavailableError(f"{what}: Redis unreachable: {exc}") from exc
-    except redis.RedisError as exc:
-        raise BackendError(f"{what}: {exc}") from exc
+class mapped_errors:  # lower case: used like the context-manager functions it replaced
+    """Turn redis-py errors into fleetcache's tree (the original kept as ``__cause__``).
+
+    A class, not ``@contextmanager``: the generator version cost ~6 us per L2 call.
+    """
+
+    __slots__ = ("_what",)
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc is None:
+            return
+        if isinstance(exc, _UNAVAILABLE):
+            raise BackendUnavailableError(f"{self._what}: Redis unreachable: {exc}") from exc
+        if isinstance(exc, redis.RedisError):
+            raise BackendError(f"{self._what}: {exc}") from exc
 
 
 class RedisStore:

@@ -19,6 +19,7 @@ import msgspec
 from .errors import CorruptValueError, ValueEncodeError, ValueTooLargeError
 
 _MAC_SIZE = 32  # HMAC-SHA256
+_encode_sorted = msgspec.msgpack.Encoder(order="sorted").encode
 
 
 class _Envelope(msgspec.Struct, array_like=True, frozen=True):
@@ -64,8 +65,13 @@ class Codec:
         return mac.digest()
 
     def encode_payload(self, obj: Any) -> bytes:
-        """Plain MessagePack (no envelope), for messages and key hashing."""
+        """Plain MessagePack (no envelope), for bus messages."""
         return self._encode(obj)
+
+    @staticmethod
+    def encode_canonical(obj: Any) -> bytes:
+        """MessagePack with dict keys sorted: equal arguments give equal bytes (key hashing)."""
+        return _encode_sorted(obj)
 
     def decode(self, blob: bytes, key: str = "") -> tuple[Any, int]:
         """``(value, expires_at_ms)`` from ``key``'s bytes; ``CorruptValueError`` if foreign.

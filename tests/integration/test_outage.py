@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -143,6 +144,7 @@ def test_paused_server(own_server: Server, caches: Callable[..., FleetCache]) ->
     assert cache.get("k") == "v"
     assert cache.stats().l1_hits == 1
 
+    threads_before = threading.active_count()
     own_server.pause()
     try:
         paused_at = time.monotonic()
@@ -172,6 +174,10 @@ def test_paused_server(own_server: Server, caches: Callable[..., FleetCache]) ->
     assert wait_until(lambda: other.get("k") == "v2", 2.0)
     other.set("k", "v3")
     assert wait_until(lambda: cache.get("k") == "v3", 2.0), "bus deaf after the stall"
+    # Nothing piled up while the server was stopped (pottery's executor threads are gone too).
+    assert wait_until(lambda: threading.active_count() <= threads_before, 3.0), (
+        f"{threading.active_count()} threads alive, {threads_before} before the pause"
+    )
 
 
 # -- authentication -------------------------------------------------------------------------

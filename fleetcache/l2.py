@@ -78,7 +78,10 @@ class mapped_errors:  # lower case: used like the context-manager functions it r
         if isinstance(exc, _UNAVAILABLE):
             raise BackendUnavailableError(f"{self._what}: Redis unreachable: {exc}") from exc
         if isinstance(exc, redis.RedisError):
-            raise BackendError(f"{self._what}: {exc}") from exc
+            # redis-py prefixes pipeline errors with the whole command, binary payload
+            # included: keep only Redis's own reason.
+            reason = str(exc).rpartition(" of pipeline caused error: ")[2]
+            raise BackendError(f"{self._what}: {reason}") from exc
 
 
 class RedisStore:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
+import redis
 
 from fleetcache import FleetCache
 
@@ -57,3 +59,38 @@ def cache(make_cache: object) -> FleetCache:
     c: FleetCache = make_cache()  # type: ignore[operator]
     assert c.connect(wait=5.0)
     return c
+
+
+@pytest.fixture
+def raw(server: Server) -> Iterator[redis.Redis]:
+    """A plain redis-py client on the shared server, for checks behind the cache's back."""
+    client = redis.Redis.from_url(server.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def pair(make_cache: Callable[..., FleetCache]) -> tuple[FleetCache, FleetCache]:
+    """Two connected caches on one namespace (two "workers"): A writes, B reads."""
+    a, b = make_cache(), make_cache()
+    assert a.connect(wait=5.0)
+    assert b.connect(wait=5.0)
+    assert a._process().bus.sender_id != b._process().bus.sender_id
+    return a, b
+
+
+@pytest.fixture
+def caches() -> Iterator[Callable[..., FleetCache]]:
+    """Factory of caches on any URL (proxies, killed servers), one fresh namespace; closed."""
+    made: list[FleetCache] = []
+    ns = "c" + uuid.uuid4().hex[:12]
+
+    def factory(url: str, **options: Any) -> FleetCache:
+        options.setdefault("namespace", ns)
+        cache = FleetCache.from_url(url, **options)
+        made.append(cache)
+        return cache
+
+    yield factory
+    for cache in made:
+        cache.close()

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import threading
-import uuid
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
-
-from fleetcache import FleetCache
 
 from ..servers import Server
 from ..waiting import wait_until
@@ -21,23 +17,6 @@ def proxy(own_server: Server) -> Iterator[Proxy]:
     """A :class:`Proxy` in front of ``own_server`` (``proxy.url()`` for clients)."""
     with Proxy(own_server.port) as p:
         yield p
-
-
-@pytest.fixture
-def caches() -> Iterator[Callable[..., FleetCache]]:
-    """Factory of caches on any URL, all in one fresh namespace; closed after the test."""
-    made: list[FleetCache] = []
-    ns = "c" + uuid.uuid4().hex[:12]
-
-    def factory(url: str, **options: Any) -> FleetCache:
-        options.setdefault("namespace", ns)
-        cache = FleetCache.from_url(url, **options)
-        made.append(cache)
-        return cache
-
-    yield factory
-    for cache in made:
-        cache.close()
 
 
 def assert_no_new_threads(baseline: set[threading.Thread], timeout: float = 3.0) -> None:

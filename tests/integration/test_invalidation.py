@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,22 +22,6 @@ from ..waiting import wait_until
 
 MakeCache = Callable[..., FleetCache]
 NOTICE_DEADLINE = 2.0  # how long a notice may take to reach another instance
-
-
-@pytest.fixture
-def raw(server: Server) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(server.url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def pair(make_cache: MakeCache) -> tuple[FleetCache, FleetCache]:
-    a, b = make_cache(), make_cache()
-    assert a.connect(wait=5.0)
-    assert b.connect(wait=5.0)
-    assert a._process().bus.sender_id != b._process().bus.sender_id
-    return a, b
 
 
 def set_quietly(writer: FleetCache, reader: FleetCache, key: str, value: Any) -> None:

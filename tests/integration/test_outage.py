@@ -35,23 +35,6 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return result, time.monotonic() - start
 
 
-@pytest.fixture
-def caches() -> Iterator[Callable[..., FleetCache]]:
-    """Factory of caches on any URL, all in one fresh namespace; closed after the test."""
-    made: list[FleetCache] = []
-    ns = "t" + uuid.uuid4().hex[:12]
-
-    def factory(url: str, **options: Any) -> FleetCache:
-        options.setdefault("namespace", ns)
-        cache = FleetCache.from_url(url, **options)
-        made.append(cache)
-        return cache
-
-    yield factory
-    for cache in made:
-        cache.close()
-
-
 def assert_reads_degrade(cache: FleetCache) -> None:
     errors = cache.stats().redis_errors
     for fn, expected in [

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -12,26 +12,9 @@ import redis
 
 from fleetcache import FleetCache
 
-from ..servers import Server
 from ..waiting import wait_until
 
 MakeCache = Callable[..., FleetCache]
-
-
-@pytest.fixture
-def raw(server: Server) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(server.url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def pair(make_cache: MakeCache) -> tuple[FleetCache, FleetCache]:
-    """Two connected caches on one namespace: A writes, B (cold L1) reads."""
-    a, b = make_cache(), make_cache()
-    assert a.connect(wait=5.0)
-    assert b.connect(wait=5.0)
-    return a, b
 
 
 def set_on_a_quietly(a: FleetCache, b: FleetCache, key: str, value: Any, **kw: Any) -> None:

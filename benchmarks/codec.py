@@ -14,7 +14,6 @@ alike. Ratios are to msgspec MessagePack, per round, then the median.
 from __future__ import annotations
 
 # ruff: noqa: PLC0415 - codecs are imported where measured
-import argparse
 import json
 import pickle
 import time
@@ -172,28 +171,22 @@ def run(opts: h.Options) -> dict[str, Any]:
     raw = measure(opts)
     figures = summarize(raw)
     tbls = tables(figures)
-    for t in tbls:
-        t.show()
     m = figures["small"]["msgspec msgpack"]
     p = figures["small"]["pickle (protocol 5)"]
     gls = [h.goal("msgpack decode of a small value faster than pickle (informative)",
                   m["decode_ns"]["p50"] / p["decode_ns"]["p50"], "< 1",
                   m["decode_ns"]["p50"] < p["decode_ns"]["p50"])]
-    h.show_goals(gls)
-    payload = {"params": {"batch": BATCH, "samples_per_round": raw["samples"],
-                          "values": {k: len(json.dumps(v)) for k, v in VALUES.items()}},
-               "figures": h.nan_to_none(figures), "raw_rounds": h.nan_to_none(raw["rounds"]),
-               "tables": [t.as_dict() for t in tbls], "goals": gls, "chart": chart(figures)}
-    h.write_result(opts, NAME, payload, None, started)
-    return payload
+    params = {"batch": BATCH, "samples_per_round": raw["samples"],
+              "values": {k: len(json.dumps(v)) for k, v in VALUES.items()}}
+    return h.report(opts, NAME, None, started, params=params,
+                    figures=figures, raw_rounds=raw["rounds"], tables=tbls, goals=gls,
+                    chart=chart(figures))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.codec")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--rounds", type=int)
+    parser = h.parser("python -m benchmarks.codec")
     args = parser.parse_args()
-    run(h.Options(quick=args.quick, rounds=args.rounds or ROUNDS[not args.quick]))
+    run(h.options(args, ROUNDS))
 
 
 if __name__ == "__main__":

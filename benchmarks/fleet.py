@@ -539,27 +539,21 @@ def run(opts: h.Options, classes: tuple[str, ...] = WORKER_CLASSES) -> dict[str,
         raw = measure(opts, server.url, server, classes)
     figures = summarize(raw)
     tbls = tables(figures, raw)
-    for t in tbls:
-        t.show()
     gls = goals(figures)
-    h.show_goals(gls)
-    payload = {"params": {"workers": WORKERS, "threads": THREADS, "keys": KEYS,
-                          "zipf_s": ZIPF_S, "write_share": WRITE_SHARE,
-                          "concurrency": CONCURRENCY, "db_ms": DB_MS,
-                          "stale_bound_s": STALE_BOUND_S,
-                          "documented_bound_s": DOCUMENTED_BOUND_S, "warm_s": raw["warm_s"],
-                          "seconds": raw["seconds"], "worker_classes": list(classes),
-                          "load_tool": "wrk" if shutil.which("wrk") else "python"},
-               "figures": h.nan_to_none(figures), "raw_rounds": h.nan_to_none(raw["rounds"]),
-               "tables": [t.as_dict() for t in tbls], "goals": gls, "chart": chart(figures)}
-    h.write_result(opts, NAME, payload, version, started)
-    return payload
+    params = {"workers": WORKERS, "threads": THREADS, "keys": KEYS,
+              "zipf_s": ZIPF_S, "write_share": WRITE_SHARE,
+              "concurrency": CONCURRENCY, "db_ms": DB_MS,
+              "stale_bound_s": STALE_BOUND_S,
+              "documented_bound_s": DOCUMENTED_BOUND_S, "warm_s": raw["warm_s"],
+              "seconds": raw["seconds"], "worker_classes": list(classes),
+              "load_tool": "wrk" if shutil.which("wrk") else "python"}
+    return h.report(opts, NAME, version, started, params=params,
+                    figures=figures, raw_rounds=raw["rounds"], tables=tbls, goals=gls,
+                    chart=chart(figures))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.fleet")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--rounds", type=int)
+    parser = h.parser("python -m benchmarks.fleet")
     parser.add_argument("--worker-class", choices=WORKER_CLASSES, action="append")
     parser.add_argument("--loadgen", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -567,7 +561,7 @@ def main() -> None:
         port, seconds, threads, seed = args.loadgen
         loadgen(int(port), float(seconds), int(threads), int(seed))
         return
-    run(h.Options(quick=args.quick, rounds=args.rounds or ROUNDS[not args.quick]),
+    run(h.options(args, ROUNDS),
         tuple(args.worker_class) if args.worker_class else WORKER_CLASSES)
 
 

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 # ruff: noqa: PLC0415 - optional packages
+import argparse
 import contextlib
 import datetime as dt
 import importlib.metadata
@@ -330,6 +331,35 @@ def show_goals(goals: Sequence[dict[str, Any]]) -> None:
         verdict = {True: "MET   ", False: "MISSED", None: "n/a   "}[g["met"]]
         print(f"  [{verdict}] {g['goal']}: {fmt(g['value'], 4)} (target {g['target']})"
               + (f" - {g['detail']}" if g["detail"] else ""), flush=True)
+
+
+def report(
+    opts: Options, name: str, server_version: str | None, started: float, *,
+    params: dict[str, Any], figures: Any, raw_rounds: Any, tables: Sequence[Any],
+    goals: list[dict[str, Any]], chart: dict[str, Any], extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Print the tables and goal verdicts, write ``results/<name>.json``; the payload."""
+    for t in tables:
+        t.show()
+    show_goals(goals)
+    payload = {"params": params, "figures": nan_to_none(figures),
+               "raw_rounds": nan_to_none(raw_rounds), **(extra or {}),
+               "tables": [t.as_dict() for t in tables], "goals": goals, "chart": chart}
+    write_result(opts, name, payload, server_version, started)
+    return payload
+
+
+def parser(prog: str) -> argparse.ArgumentParser:
+    """The options every benchmark module takes when run on its own."""
+    p = argparse.ArgumentParser(prog=prog)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--rounds", type=int)
+    return p
+
+
+def options(args: argparse.Namespace, rounds: Sequence[int]) -> Options:
+    """Options from ``parser``'s arguments; ``rounds`` is (full, quick)."""
+    return Options(quick=args.quick, rounds=args.rounds or rounds[not args.quick])
 
 
 def write_result(opts: Options, name: str, payload: dict[str, Any], server_version: str | None,

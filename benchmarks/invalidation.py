@@ -315,22 +315,16 @@ def run(opts: h.Options) -> dict[str, Any]:
         raw = measure(opts, server.url)
     figures = summarize(raw)
     tbls = tables(figures)
-    for t in tbls:
-        t.show()
     gls = goals(figures)
-    h.show_goals(gls)
-    payload = {"params": {"readers": READERS, "poll_us": POLL_US, "tail_s": TAIL_S,
-                          "phases": raw["phases"]},
-               "figures": h.nan_to_none(figures), "raw_rounds": h.nan_to_none(raw["rounds"]),
-               "tables": [t.as_dict() for t in tbls], "goals": gls, "chart": chart(figures)}
-    h.write_result(opts, NAME, payload, version, started)
-    return payload
+    params = {"readers": READERS, "poll_us": POLL_US, "tail_s": TAIL_S,
+              "phases": raw["phases"]}
+    return h.report(opts, NAME, version, started, params=params,
+                    figures=figures, raw_rounds=raw["rounds"], tables=tbls, goals=gls,
+                    chart=chart(figures))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.invalidation")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--rounds", type=int)
+    parser = h.parser("python -m benchmarks.invalidation")
     parser.add_argument("--reader", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--ns", help=argparse.SUPPRESS)
@@ -339,7 +333,7 @@ def main() -> None:
     if args.reader:
         reader(args)
         return
-    run(h.Options(quick=args.quick, rounds=args.rounds or ROUNDS[not args.quick]))
+    run(h.options(args, ROUNDS))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ ratios are computed within a round, then the median taken.
 from __future__ import annotations
 
 # ruff: noqa: PLC0415 - peers are imported where measured
-import argparse
 import collections
 import datetime as dt
 import time
@@ -337,19 +336,15 @@ def run(opts: h.Options) -> dict[str, Any]:
         raw = measure(opts, server)
     figures = summarize(raw)
     tbls = tables(figures, raw)
-    for t in tbls:
-        t.show()
     gls = goals(figures)
-    h.show_goals(gls)
-    payload = {"params": {"keys": KEYS, "capacity": CAPACITY, "ttl_s": TTL,
-                          "batch": KEYS, "samples_per_round": raw["samples"],
-                          "evict_batch": raw["evict_batch"],
-                          "evict_samples_per_round": raw["evict_samples"],
-                          "value_repr_chars": len(repr(VALUE))},
-               "figures": h.nan_to_none(figures), "raw_rounds": h.nan_to_none(raw["rounds"]),
-               "tables": [t.as_dict() for t in tbls], "goals": gls, "chart": chart(figures)}
-    h.write_result(opts, NAME, payload, version, started)
-    return payload
+    params = {"keys": KEYS, "capacity": CAPACITY, "ttl_s": TTL,
+              "batch": KEYS, "samples_per_round": raw["samples"],
+              "evict_batch": raw["evict_batch"],
+              "evict_samples_per_round": raw["evict_samples"],
+              "value_repr_chars": len(repr(VALUE))}
+    return h.report(opts, NAME, version, started, params=params,
+                    figures=figures, raw_rounds=raw["rounds"], tables=tbls, goals=gls,
+                    chart=chart(figures))
 
 
 def profile(server_url: str, calls: int = 1_000_000) -> None:
@@ -372,16 +367,14 @@ def profile(server_url: str, calls: int = 1_000_000) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.l1_hit")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--rounds", type=int)
+    parser = h.parser("python -m benchmarks.l1_hit")
     parser.add_argument("--profile", action="store_true", help="cProfile the hit path only")
     args = parser.parse_args()
     if args.profile:
         with h.Server() as server:
             profile(server.url)
         return
-    run(h.Options(quick=args.quick, rounds=args.rounds or ROUNDS[not args.quick]))
+    run(h.options(args, ROUNDS))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ drift of a shared machine hits every peer alike; ratios are per round, then the 
 from __future__ import annotations
 
 # ruff: noqa: PLC0415 - peers are imported where measured
-import argparse
 import gc
 import time
 from collections.abc import Callable
@@ -244,25 +243,19 @@ def run(opts: h.Options) -> dict[str, Any]:
         raw = measure(opts, server.url)
     figures = summarize(raw)
     tbls = tables(figures, raw["n_ops"])
-    for t in tbls:
-        t.show()
     gls = goals(figures, raw["checks"])
-    h.show_goals(gls)
-    payload = {"params": {"keys": KEYS, "batch": BATCH, "ttl_s": TTL, "n_ops": raw["n_ops"],
-                          "timer_ns": h.calibrate_timer()},
-               "figures": h.nan_to_none(figures), "raw_rounds": h.nan_to_none(raw["rounds"]),
-               "cold_checks": raw["checks"],
-               "tables": [t.as_dict() for t in tbls], "goals": gls, "chart": chart(figures)}
-    h.write_result(opts, NAME, payload, version, started)
-    return payload
+    params = {"keys": KEYS, "batch": BATCH, "ttl_s": TTL, "n_ops": raw["n_ops"],
+              "timer_ns": h.calibrate_timer()}
+    return h.report(opts, NAME, version, started, params=params,
+                    figures=figures, raw_rounds=raw["rounds"], tables=tbls, goals=gls,
+                    chart=chart(figures),
+                    extra={"cold_checks": raw["checks"]})
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.l2_hit")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--rounds", type=int)
+    parser = h.parser("python -m benchmarks.l2_hit")
     args = parser.parse_args()
-    run(h.Options(quick=args.quick, rounds=args.rounds or ROUNDS[not args.quick]))
+    run(h.options(args, ROUNDS))
 
 
 if __name__ == "__main__":

@@ -165,24 +165,18 @@ def run(opts: h.Options) -> dict[str, Any]:
         raw = measure(opts, server.url)
     figures = summarize(raw)
     tbls = tables(figures, raw["value_bytes"])
-    for t in tbls:
-        t.show()
     fc = figures["fleetcache L1"]
     gls = [h.goal("RSS growth vs cachetools.TTLCache (informative: no target given)",
                   fc["ratio_to_ttlcache"], "report", None)]
-    h.show_goals(gls)
-    payload = {"params": {"entries": ENTRIES, "encoded_value_bytes": raw["value_bytes"],
-                          "value_json_bytes": len(json.dumps(make_value(0)))},
-               "figures": h.nan_to_none(figures), "raw_rounds": h.nan_to_none(raw["rounds"]),
-               "tables": [t.as_dict() for t in tbls], "goals": gls, "chart": chart(figures)}
-    h.write_result(opts, NAME, payload, version, started)
-    return payload
+    params = {"entries": ENTRIES, "encoded_value_bytes": raw["value_bytes"],
+              "value_json_bytes": len(json.dumps(make_value(0)))}
+    return h.report(opts, NAME, version, started, params=params,
+                    figures=figures, raw_rounds=raw["rounds"], tables=tbls, goals=gls,
+                    chart=chart(figures))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.memory")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--rounds", type=int)
+    parser = h.parser("python -m benchmarks.memory")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--peer", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -192,7 +186,7 @@ def main() -> None:
     if args.child:
         child(args)
         return
-    run(h.Options(quick=args.quick, rounds=args.rounds or ROUNDS[not args.quick]))
+    run(h.options(args, ROUNDS))
 
 
 if __name__ == "__main__":

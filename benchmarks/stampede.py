@@ -331,23 +331,17 @@ def run(opts: h.Options, modes: tuple[str, ...] = MODES) -> dict[str, Any]:
         rounds = measure(opts, server, modes)
     figures = summarize(rounds)
     tbls = tables(figures)
-    for t in tbls:
-        t.show()
     gls = goals(figures)
-    h.show_goals(gls)
-    payload = {"params": {"processes": PROCESSES, "callers_per_process": CALLERS,
-                          "compute_ms": COMPUTE_S * 1000, "modes": list(modes),
-                          "peers": list(PEERS)},
-               "figures": h.nan_to_none(figures), "raw_rounds": h.nan_to_none(rounds),
-               "tables": [t.as_dict() for t in tbls], "goals": gls, "chart": chart(figures)}
-    h.write_result(opts, NAME, payload, version, started)
-    return payload
+    params = {"processes": PROCESSES, "callers_per_process": CALLERS,
+              "compute_ms": COMPUTE_S * 1000, "modes": list(modes),
+              "peers": list(PEERS)}
+    return h.report(opts, NAME, version, started, params=params,
+                    figures=figures, raw_rounds=rounds, tables=tbls, goals=gls,
+                    chart=chart(figures))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.stampede")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--rounds", type=int)
+    parser = h.parser("python -m benchmarks.stampede")
     parser.add_argument("--mode", choices=MODES, action="append")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--gevent", action="store_true", help=argparse.SUPPRESS)
@@ -358,7 +352,7 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    run(h.Options(quick=args.quick, rounds=args.rounds or ROUNDS[not args.quick]),
+    run(h.options(args, ROUNDS),
         tuple(args.mode) if args.mode else MODES)
 
 

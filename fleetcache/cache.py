@@ -528,9 +528,10 @@ class FleetCache:
         try:
             proc.l2.call("PING", proc.client.ping)
         except BackendError as exc:
-            return Health(False, None, proc.bus.connected, len(self._l1), _pid(), str(exc))
+            return Health(False, None, proc.bus.connected, len(self._l1), os.getpid(),
+                          str(exc))
         latency = (time.perf_counter() - start) * 1000
-        return Health(True, round(latency, 3), proc.bus.connected, len(self._l1), _pid())
+        return Health(True, round(latency, 3), proc.bus.connected, len(self._l1), os.getpid())
 
     # -- validation ------------------------------------------------------------------------
 
@@ -553,7 +554,3 @@ class FleetCache:
         if ttl is None:
             return self.config.default_ttl
         return check_seconds("ttl", ttl)
-
-
-def _pid() -> int:
-    return os.getpid()

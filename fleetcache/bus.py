@@ -72,6 +72,7 @@ class InvalidationBus:
         self._thread: threading.Thread | None = None
         self._ever_connected = False
         self._said_never = False
+        self._malformed = 0
 
     def message(self, key: str | None, *, filled: bool = False) -> bytes:
         """The notice for ``key`` (None: flush everything), tagged with our sender id.
@@ -155,7 +156,13 @@ class InvalidationBus:
         try:
             sender, key, filled = self._codec.decode_payload(data)
         except (CorruptValueError, TypeError, ValueError):
-            logger.warning("fleetcache: ignoring a malformed invalidation message")
+            # Unreadable (another version mid-deploy, a stray publisher): it may have been
+            # an invalidation, so drop everything rather than risk serving a stale value.
+            self._malformed += 1
+            if self._malformed & (self._malformed - 1) == 0:  # 1st, 2nd, 4th, 8th...
+                logger.warning("fleetcache: unreadable message on %s (%d so far); L1 flushed",
+                               self._channel, self._malformed)
+            self._on_flush()
             return
         if sender == self.sender_id:
             return  # our own write: already applied locally, in order

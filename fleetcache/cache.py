@@ -346,28 +346,39 @@ class FleetCache:
             return self._fill(proc, key, compute, seconds)
 
     def _fill(self, proc: ProcessState, key: str, compute: Callable[[], T], ttl: float) -> T:
-        seq = self._l1.seq
-        try:
-            value = self._accept(key, proc.l2.get(key), seq)
-        except BackendError as exc:  # Redis down: compute here, cache in L1 only
-            self._read_failed(exc)
-            return self._compute_unlocked(key, compute, ttl)
-        if value is not _MISSING:
-            self._counters.l2_hits += 1
-            return value  # type: ignore[no-any-return]
-        self._counters.misses += 1
         # A holder that dies lets its lock expire after lock_timeout and a waiter takes over;
         # a chain of holders (each dying) is waited out at most this long in total.
         give_up = monotonic() + 3 * self.config.lock_timeout
+        counted = False
         while True:
             lock = FleetLock(proc.client, proc.lock_prefix + key, self.config.lock_timeout)
+            seq = self._l1.seq
             try:
-                acquired = lock.try_acquire()
-            except BackendError as exc:
+                blob, won = proc.l2.fetch_or_lock(key, lock)
+            except BackendError as exc:  # Redis down: compute here, cache in L1 only
                 self._read_failed(exc)
                 return self._compute_unlocked(key, compute, ttl)
-            if acquired:
-                return self._compute_locked(proc, lock, key, compute, ttl)
+            if won:
+                if not counted:
+                    self._counters.misses += 1
+                return self._compute_locked(proc, lock, key, compute, ttl, seq=seq)
+            value = self._accept(key, blob, seq)
+            if value is not _MISSING:
+                if not counted:
+                    self._counters.l2_hits += 1
+                return value  # type: ignore[no-any-return]
+            if not counted:
+                self._counters.misses += 1
+                counted = True
+            if blob is not None:
+                # Corrupt or foreign bytes would make every SET NX fail, and every call
+                # recompute, for as long as they live: drop them (only them), then compete.
+                try:
+                    proc.l2.discard(key, blob)
+                except BackendError as exc:
+                    self._read_failed(exc)
+                    return self._compute_unlocked(key, compute, ttl)
+                continue
             value = self._wait_for_value(proc, key, lock.key, give_up)
             if value is _TIMED_OUT:
                 logger.warning("fleetcache: the fleet lock for %r outlived lock_timeout; "
@@ -378,27 +389,18 @@ class FleetCache:
             # The lock is free (holder done without storing, or dead): try to take it.
 
     def _compute_locked(
-        self, proc: ProcessState, lock: FleetLock, key: str, compute: Callable[[], T], ttl: float
+        self, proc: ProcessState, lock: FleetLock, key: str, compute: Callable[[], T],
+        ttl: float, *, seq: int,
     ) -> T:
+        """Holding the fleet lock, taken when L2 had no value (atomically, at ``seq``)."""
+        released = False
         try:
-            seq = self._l1.seq
-            # The previous holder may have stored and released between our GET and acquire.
-            try:
-                blob = proc.l2.get(key)
-                value = self._accept(key, blob, seq)
-                if blob is not None and value is _MISSING:
-                    # Corrupt or foreign bytes would make every SET NX fail, and every
-                    # call recompute, for as long as they live: drop them (only them).
-                    proc.l2.discard(key, blob)
-            except BackendError as exc:
-                self._read_failed(exc)
-                value = _MISSING
-            if value is _MISSING:
-                value = self._run(compute)
-                self._store_computed(proc, key, value, ttl, seq)
-            return value  # type: ignore[no-any-return]
+            value = self._run(compute)
+            released = self._store_computed(proc, lock, key, value, ttl, seq=seq)
+            return value
         finally:
-            lock.release()
+            if not released:
+                lock.release()
 
     def _compute_unlocked(self, key: str, compute: Callable[[], T], ttl: float) -> T:
         """Degraded path: compute without the fleet lock; keep the value in L1 only."""
@@ -417,21 +419,24 @@ class FleetCache:
             counters.in_flight -= 1
 
     def _store_computed(
-        self, proc: ProcessState, key: str, value: Any, ttl: float, seq: int
-    ) -> None:
-        """SET NX + notice; a failure to store is logged, the computed value still returned."""
+        self, proc: ProcessState, lock: FleetLock, key: str, value: Any, ttl: float, *,
+        seq: int,
+    ) -> bool:
+        """Store (SET NX), release ``lock`` and wake waiters, in one script; True if it ran.
+
+        A failure to store is logged; the computed value is still returned to the caller.
+        """
         blob = self._encode(key, value, ttl)
         try:
             # NX: a set() that landed during the compute is newer than what we computed.
-            stored = proc.l2.set_and_publish(
-                key, blob, int(ttl * 1000), proc.bus.message(key, filled=True),
-                only_if_absent=True,
-            )
+            stored = proc.l2.store_fill(key, blob, int(ttl * 1000), lock,
+                                        proc.bus.message(key, filled=True))
         except BackendError as exc:
             self._read_failed(exc)
-            stored = False
+            return False
         if stored:
             self._l1.store_if_unchanged(key, value, min(ttl, self._l1_ttl()), seq)
+        return True
 
     def _wait_for_value(self, proc: ProcessState, key: str, lock_key: str, give_up: float) -> Any:
         """Wait for another process's compute.

@@ -16,34 +16,26 @@ import json
 import logging
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import redis
-
-from .errors import BackendUnavailableError
+from redis.commands.core import Script
 
 logger = logging.getLogger("fleetcache")
 
 
-def _import_pottery() -> Any:
-    """Import pottery without keeping its process-wide side effect.
+# ``import pottery`` replaces ``json.dumps`` with a wrapper for the whole process (~35%
+# slower json in the host app). If we are the first to import it, put the original back; if
+# the app imported pottery itself, its choice stands.
+_pottery_was_imported = "pottery" in sys.modules
+_json_dumps = json.dumps
+from pottery import Redlock  # noqa: E402
 
-    ``import pottery`` replaces ``json.dumps`` with a wrapper for the whole process (~35%
-    slower json in the host app). If we are the first to import it, put the original back;
-    if the app imported pottery itself, its choice stands.
-    """
-    already = "pottery" in sys.modules
-    original_dumps = json.dumps
-    import pottery  # noqa: PLC0415
-
-    if not already:
-        json.dumps = original_dumps
-    return pottery
-
-
-_pottery = _import_pottery()
+if not _pottery_was_imported:
+    json.dumps = _json_dumps
 
 
 class KeyedLocks:
@@ -76,31 +68,57 @@ class KeyedLocks:
         return len(self._slots)
 
 
-class FleetLock:
-    """A non-blocking, auto-releasing Redlock on one Redis, one instance per acquisition."""
+class FleetLock(Redlock):
+    """pottery's Redlock on the cache's one Redis, taken and released on the calling thread.
 
-    __slots__ = ("_lock", "key")
+    Same key (``redlock:<name>``), token and compare-and-delete release as any pottery
+    Redlock, so a pottery lock on the same name elsewhere excludes and is excluded, and
+    pottery's ``locked()`` reads it. What differs is the transport: pottery runs every
+    acquire and release in a fresh ThreadPoolExecutor thread to ask several masters at once;
+    with the one master a cache has, that thread costs several times the round trip
+    (TRAPS.md). Here the SET NX PX rides in the script that found the value missing, and the
+    release in the script that stores the computed value (:mod:`fleetcache.l2`); only a
+    failed compute releases on its own, inline.
+
+    One instance per acquisition (a fresh token), never shared between threads.
+    """
+
+    __slots__ = ("_client",)
 
     def __init__(self, client: redis.Redis, name: str, auto_release: float) -> None:
-        # raise_on_redis_errors: an unreachable Redis must read as "down" (degrade), not as
-        # "someone else holds it" (which would make us wait for a lock nobody has).
-        self._lock = _pottery.Redlock(
-            key=name, masters={client}, auto_release_time=auto_release,
-            raise_on_redis_errors=True,
-        )
-        self.key: str = self._lock.key  # what Redis stores: pottery prefixes "redlock:"
+        super().__init__(key=name, masters={client}, auto_release_time=auto_release)
+        self._client = client
+        self._uuid = str(uuid.uuid4())  # set by pottery's acquire, which is bypassed
 
-    def try_acquire(self) -> bool:
-        """Take the lock if free, now; ``BackendUnavailableError`` if Redis is down."""
-        try:
-            return bool(self._lock.acquire(blocking=False))
-        except (_pottery.QuorumIsImpossible, redis.RedisError) as exc:
-            raise BackendUnavailableError(f"lock {self.key}: {exc}") from exc
+    @property
+    def token(self) -> str:
+        """The value a holder stores under :attr:`key`; release deletes only that."""
+        return self._uuid
 
-    def release(self) -> None:
-        """Release; a lock that already expired (slow compute) is logged, not raised."""
+    @property
+    def ttl_ms(self) -> int:
+        """Auto-release time in milliseconds (the lock's PX)."""
+        return int(self.auto_release_time * 1000)
+
+    def release(self) -> None:  # type: ignore[override]
+        """Release now; a lock that expired (slow compute) or a Redis error is logged."""
         try:
-            self._lock.release()
-        except (_pottery.PotteryError, _pottery.PrimitiveError, redis.RedisError) as exc:
-            logger.warning("fleetcache: could not release %s (expired or Redis down): %s",
+            reply = _release_script(self)(keys=[self.key], args=[self._uuid],
+                                          client=self._client)
+        except redis.RedisError as exc:
+            logger.warning("fleetcache: could not release %s (Redis down): %s",
                            self.key, type(exc).__name__)
+            return
+        self.released(reply)
+
+    def released(self, reply: int) -> None:
+        """Take a release's reply: 0 means the lock had expired (and maybe passed on to
+        another holder, whose lock the release left alone)."""
+        if not reply:
+            logger.warning("fleetcache: could not release %s: it had expired (compute "
+                           "slower than lock_timeout)", self.key)
+
+
+def _release_script(lock: Redlock) -> Script:
+    # Registered by Redlock.__init__ (once per class); pottery casts it the same way.
+    return cast(Script, lock._release_script)

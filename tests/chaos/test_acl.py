@@ -228,7 +228,9 @@ def test_user_without_channel_permission(
     other = caches(url(acl_server, "app", PASSWORD))
     exc, _ = timed(lambda: cache.set("k", "v"))
     assert isinstance(exc, BackendError), exc
-    assert re.search(r"permission|NOPERM", str(exc), re.IGNORECASE), f"unclear: {exc}"
+    assert re.search(r"permission|NOPERM|can't publish", str(exc), re.IGNORECASE), (
+        f"unclear: {exc}")
+    assert other.get("k") is None, "a write without its notice was left in L2"
     assert not cache.connect(wait=0.5)
     health = cache.health()
     assert health.redis_ok and not health.bus_connected and not health.ok, health

@@ -6,6 +6,7 @@ behave like two processes for everything tested here.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -58,6 +59,11 @@ class RacingStore:
         blobs = self._real.get_many(keys)
         self._hook("get_many", keys)
         return blobs  # type: ignore[no-any-return]
+
+    def fetch_or_lock(self, key: str, lock: Any) -> tuple[bytes | None, bool]:
+        found = self._real.fetch_or_lock(key, lock)
+        self._hook("fetch_or_lock", key)
+        return found  # type: ignore[no-any-return]
 
 
 # -- plain notices --------------------------------------------------------------------------
@@ -311,3 +317,28 @@ def test_l1_entries_stored_while_the_bus_is_down_live_degraded_l1_ttl(
     finally:
         c.close()
         raw.execute_command("ACL", "DELUSER", user)
+
+
+# -- unreadable notices -----------------------------------------------------------------------
+
+
+def test_unreadable_notice_flushes_l1_and_logs_sparingly(
+    pair: tuple[FleetCache, FleetCache], raw: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A message B cannot decode (another version mid-deploy, a stray publisher) may have
+    been an invalidation: B drops its L1 rather than serve what it may have invalidated."""
+    a, b = pair
+    set_quietly(a, b, "k", "v")
+    warm(b, "k", "v")
+    channel = b._process().l2.channel
+    with caplog.at_level(logging.WARNING, logger="fleetcache"):
+        for _ in range(5):
+            raw.publish(channel, b"\xc1 not msgpack")
+        assert wait_until(lambda: len(b._l1) == 0), "B kept its L1 after an unreadable notice"
+        assert wait_until(lambda: sum("unreadable message" in r.getMessage()
+                                      for r in caplog.records) >= 6)
+    time.sleep(0.1)
+    # 5 messages, logged at the 1st, 2nd and 4th only, by each of A's and B's listeners
+    assert sum("unreadable message" in r.getMessage() for r in caplog.records) == 2 * 3
+    assert b.get("k") == "v"  # from L2 again
+    assert b._process().bus.connected

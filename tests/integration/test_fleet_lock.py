@@ -1,0 +1,161 @@
+"""FleetLock: pottery's Redlock, taken and released inside the cache's own scripts.
+
+It must stay a real pottery lock (same key, token and compare-and-delete release, so stock
+pottery clients exclude it and are excluded), start no thread, and keep a cold miss to two
+round trips: fetch-or-lock; store-release-announce.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from pottery import Redlock
+
+from fleetcache import FleetCache
+from fleetcache.l2 import RedisStore
+from fleetcache.locks import FleetLock
+
+from ..servers import Server
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[redis.Redis]:
+    c = redis.Redis.from_url(server.url)
+    yield c
+    c.close()
+
+
+def take(lock: FleetLock, client: redis.Redis, key: str = "k") -> bool:
+    """Try ``lock`` the way get_or_compute does (on a namespace-free store)."""
+    value, won = RedisStore(client, "fl").fetch_or_lock(key, lock)
+    assert value is None
+    return won
+
+
+def test_excludes_and_is_excluded_by_stock_pottery(client: redis.Redis, namespace: str) -> None:
+    name = f"{namespace}:res"
+    ours = FleetLock(client, name, 5)
+    assert take(ours, client, namespace)
+    assert ours.key == f"redlock:{name}"
+    assert 0 < ours.locked() <= 5  # pottery's own locked() reads our token
+    stock = Redlock(key=name, masters={client}, auto_release_time=5)
+    assert not stock.acquire(blocking=False)
+    ours.release()
+    assert stock.acquire(blocking=False)
+    assert not take(FleetLock(client, name, 5), client, namespace)
+    stock.release()
+
+
+def test_store_fill_releases_only_its_own_token(
+    client: redis.Redis, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = RedisStore(client, namespace)
+    name = f"{namespace}:res"
+    first = FleetLock(client, name, 0.05)
+    assert take(first, client, namespace)
+    time.sleep(0.1)  # expired: another holder takes over
+    second = FleetLock(client, name, 5)
+    assert take(second, client, namespace)
+    with caplog.at_level(logging.WARNING, logger="fleetcache"):
+        assert store.store_fill("k", b"v1", 5000, first, b"notice")
+    assert "it had expired" in caplog.text
+    assert second.locked() > 0  # the late release left the new holder's lock alone
+    assert not store.store_fill("k", b"v2", 5000, second, b"notice")  # NX: v1 stays
+    assert not client.exists(second.key)  # but the lock is released
+    assert client.get(store.data_key("k")) == b"v1"
+
+
+def test_a_loser_makes_the_winner_announce_its_fill(
+    client: redis.Redis, namespace: str
+) -> None:
+    store = RedisStore(client, namespace)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(store.channel)
+    winner = FleetLock(client, f"{namespace}:a", 5)
+    assert store.fetch_or_lock("a", winner) == (None, True)
+    assert store.store_fill("a", b"v", 5000, winner, b"nobody waits")
+    loser = FleetLock(client, f"{namespace}:b", 5)
+    winner = FleetLock(client, f"{namespace}:b", 5)
+    assert store.fetch_or_lock("b", winner) == (None, True)
+    assert store.fetch_or_lock("b", loser) == (None, False)
+    assert store.store_fill("b", b"v", 5000, winner, b"someone waits")
+    assert store.fetch_or_lock("b", FleetLock(client, f"{namespace}:b", 5)) == (b"v", False)
+    messages = []
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline and not messages:
+        message = pubsub.get_message(timeout=0.1)
+        if message:
+            messages.append(message["data"])
+    assert messages == [b"someone waits"]
+    pubsub.close()
+
+
+def test_late_release_is_logged_and_spares_a_later_holder(
+    client: redis.Redis, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = f"{namespace}:res"
+    first = FleetLock(client, name, 0.05)
+    assert take(first, client, namespace)
+    time.sleep(0.1)
+    second = FleetLock(client, name, 5)
+    assert take(second, client, namespace)
+    with caplog.at_level(logging.WARNING, logger="fleetcache"):
+        first.release()
+    assert "it had expired" in caplog.text
+    assert second.locked() > 0
+    second.release()
+
+
+def test_release_with_redis_gone_is_logged(
+    own_server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = redis.Redis.from_url(own_server.url, socket_timeout=0.5)
+    lock = FleetLock(client, "res", 5)
+    assert take(lock, client)
+    own_server.stop()
+    with caplog.at_level(logging.WARNING, logger="fleetcache"):
+        lock.release()  # does not raise: the lock expires by itself
+    assert "Redis down" in caplog.text
+    client.close()
+
+
+def _commandstats(client: redis.Redis) -> dict[str, int]:
+    return {name.removeprefix("cmdstat_"): int(v["calls"])
+            for name, v in client.info("commandstats").items()}
+
+
+def test_cold_miss_takes_two_round_trips_and_no_thread(own_server: Server) -> None:
+    """A script that finds no value and takes the lock; one that stores and releases."""
+    cache = FleetCache.from_url(own_server.url, namespace="rt")
+    assert cache.connect(wait=5)
+    assert cache.get_or_compute("warm", lambda: "v") == "v"  # loads the scripts
+    admin = redis.Redis.from_url(own_server.url)
+    admin.config_resetstat()
+    started: list[threading.Thread] = []
+    original_start = threading.Thread.start
+
+    def spy(thread: threading.Thread) -> None:
+        started.append(thread)
+        original_start(thread)
+
+    threading.Thread.start = spy  # type: ignore[method-assign]
+    try:
+        assert cache.get_or_compute("k", lambda: "v") == "v"
+    finally:
+        threading.Thread.start = original_start  # type: ignore[method-assign]
+    calls = _commandstats(admin)
+    for admin_command in ("config|resetstat", "info", "ping"):  # ping: the bus watchdog
+        calls.pop(admin_command, None)
+    # Inside the scripts: GET value, SET lock; EXISTS waiters flag, SET value, GET+DEL lock,
+    # DEL waiters flag.
+    # No PUBLISH: nobody waited.
+    assert calls == {"evalsha": 2, "get": 2, "set": 2, "del": 2, "exists": 1}
+    assert started == []
+    assert not admin.exists("redlock:rt:lock:k")
+    admin.close()
+    cache.close()

@@ -172,14 +172,17 @@ class FleetCache:
         """The found values of ``keys`` (missing keys absent), with one MGET for the L1 misses."""
         found: dict[str, Any] = {}
         cold: list[str] = []
+        l1_get = self._l1_get
+        now = monotonic()
         for key in keys:
             self._check_key(key)
-            entry = self._l1.get(key)
-            if entry is not None:
-                self._counters.l1_hits += 1
+            entry = l1_get(key)
+            if entry is not None and entry[1] > now:
                 found[key] = entry[0]
             else:
                 cold.append(key)
+        counters = self._counters
+        counters.l1_hits += len(keys) - len(cold)
         if not cold:
             return found
         proc = self._process()
@@ -189,31 +192,46 @@ class FleetCache:
         except BackendError as exc:
             self._read_failed(exc)
             blobs = [None] * len(cold)
+        promote: list[tuple[str, Any, float]] = []
+        l1_ttl = self._l1_ttl()
+        wall = time.time()
         for key, blob in zip(cold, blobs, strict=True):
-            value = self._accept(key, blob, seq)
-            if value is _MISSING:
-                self._counters.misses += 1
-            else:
-                self._counters.l2_hits += 1
-                found[key] = value
+            decoded = self._decode(key, blob)
+            if decoded is None:
+                counters.misses += 1
+                continue
+            value, expires_at_ms = decoded
+            found[key] = value
+            counters.l2_hits += 1
+            ttl = min(l1_ttl, expires_at_ms / 1000.0 - wall)
+            if ttl > 0:
+                promote.append((key, value, ttl))
+        counters.promotions += self._l1.store_many_if_unchanged(promote, seq)
         return found
 
     def _accept(self, key: str, blob: bytes | None, seq: int) -> Any:
         """Decode an L2 reply and promote it into L1 if no invalidation raced the read."""
-        if blob is None:
+        decoded = self._decode(key, blob)
+        if decoded is None:
             return _MISSING
+        value, expires_at_ms = decoded
+        ttl = min(self._l1_ttl(), expires_at_ms / 1000.0 - time.time())
+        if ttl > 0 and self._l1.store_if_unchanged(key, value, ttl, seq):
+            self._counters.promotions += 1
+        return value
+
+    def _decode(self, key: str, blob: bytes | None) -> tuple[Any, int] | None:
+        """``(value, expires_at_ms)`` of an L2 reply; None if absent, corrupt or foreign."""
+        if blob is None:
+            return None
         try:
-            value, expires_at_ms = self._codec.decode(blob, key)
+            return self._codec.decode(blob, key)
         except CorruptValueError as exc:
             self._counters.corrupt_values += 1
             if self._counters.corrupt_values == 1:
                 logger.warning("fleetcache: corrupt or foreign value under key %r read as a "
                                "miss (%s); further ones are only counted", key, exc)
-            return _MISSING
-        ttl = min(self._l1_ttl(), expires_at_ms / 1000.0 - time.time())
-        if ttl > 0 and self._l1.store_if_unchanged(key, value, ttl, seq):
-            self._counters.promotions += 1
-        return value
+            return None
 
     def _l1_ttl(self) -> float:
         """L1 life for new entries: short while invalidations cannot reach us."""

@@ -66,6 +66,19 @@ class LocalStore:
             self._insert(key, (value, monotonic() + ttl))
             return True
 
+    def store_many_if_unchanged(
+        self, items: list[tuple[str, Any, float]], seq: int
+    ) -> int:
+        """Promote ``(key, value, ttl)`` reads taken at ``seq`` under one lock and one clock
+        read; how many were stored (0 if anything moved since)."""
+        with self._lock:
+            if self.seq != seq:
+                return 0
+            now = monotonic()
+            for key, value, ttl in items:
+                self._insert(key, (value, now + ttl))
+            return len(items)
+
     def invalidate(self, key: str) -> bool:
         """Drop ``key``; True if it was present."""
         with self._lock:

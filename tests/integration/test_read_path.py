@@ -88,6 +88,10 @@ def test_get_many_uses_l2_for_cold_keys(
     s = b.stats()
     assert (s.l1_hits, s.l2_hits, s.misses) == (4, 4, 2)
     assert b.get_many([]) == {}
+    # A key asked twice is two lookups, as two get() calls would be.
+    assert b.get_many(["k0", "k0", "absent", "absent"]) == {"k0": 0}
+    s = b.stats()
+    assert (s.l1_hits, s.l2_hits, s.misses) == (6, 4, 4)
 
 
 def test_get_many_mixes_l1_hits_and_one_round_trip_for_the_rest(

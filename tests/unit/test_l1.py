@@ -222,3 +222,26 @@ def test_put_after_a_move_drops_the_key_instead_of_storing(clock: FakeClock) -> 
     assert store.put("k", "ours", 60.0, seq) is False
     assert store.get("k") is None
     assert store.seq > seq + 1
+
+
+def test_batch_promotion_stores_all_with_their_ttls_and_respects_capacity(
+    clock: FakeClock,
+) -> None:
+    store = LocalStore(capacity=3)
+    store.store_if_unchanged("old", "o", 60, store.seq)
+    stored = store.store_many_if_unchanged([("a", 1, 10), ("b", 2, 20), ("c", 3, 30)],
+                                           store.seq)
+    assert stored == 3
+    assert store.get("old") is None  # evicted: the oldest insertion
+    clock.advance(15)
+    assert store.get("a") is None
+    assert store.get("b") == (2, 1020.0)
+    assert store.get("c") == (3, 1030.0)
+
+
+def test_batch_promotion_refuses_everything_after_a_seq_move(clock: FakeClock) -> None:
+    store = LocalStore(capacity=10)
+    seq = store.seq
+    store.invalidate("unrelated")
+    assert store.store_many_if_unchanged([("a", 1, 10), ("b", 2, 10)], seq) == 0
+    assert len(store) == 0

@@ -23,7 +23,7 @@ from typing import Any
 from . import harness as h
 
 NAME = "codec"
-ROUNDS = (3, 5)  # (--quick, full)
+ROUNDS = (2, 5)  # (--quick, full)
 
 
 def _record(i: int) -> dict[str, Any]:
@@ -89,8 +89,8 @@ def _interleaved(cs: dict[str, tuple[Callable[[Any], bytes], Callable[[bytes], A
 
 def measure(opts: h.Options) -> dict[str, Any]:
     cs = codecs()
-    samples = {"small": opts.pick(30, 200), "medium": opts.pick(30, 200),
-               "large": opts.pick(10, 60)}
+    samples = {"small": opts.pick(15, 200), "medium": opts.pick(15, 200),
+               "large": opts.pick(5, 60)}
     sizes: dict[str, dict[str, int]] = {}
     for size, value in VALUES.items():
         sizes[size] = {}

@@ -74,8 +74,9 @@ class InvalidationBus:
         self._said_never = False
         self._malformed = 0
 
-    def message(self, key: str | None, *, filled: bool = False) -> bytes:
-        """The notice for ``key`` (None: flush everything), tagged with our sender id.
+    def message(self, key: str | list[str] | None, *, filled: bool = False) -> bytes:
+        """The notice for ``key`` (a list: several keys; None: flush everything), tagged
+        with our sender id.
 
         ``filled`` marks a computed value stored where there was none: it only wakes other
         processes waiting for that key and invalidates nothing (no process can hold a
@@ -156,13 +157,7 @@ class InvalidationBus:
         try:
             sender, key, filled = self._codec.decode_payload(data)
         except (CorruptValueError, TypeError, ValueError):
-            # Unreadable (another version mid-deploy, a stray publisher): it may have been
-            # an invalidation, so drop everything rather than risk serving a stale value.
-            self._malformed += 1
-            if self._malformed & (self._malformed - 1) == 0:  # 1st, 2nd, 4th, 8th...
-                logger.warning("fleetcache: unreadable message on %s (%d so far); L1 flushed",
-                               self._channel, self._malformed)
-            self._on_flush()
+            self._unreadable()
             return
         if sender == self.sender_id:
             return  # our own write: already applied locally, in order
@@ -175,6 +170,21 @@ class InvalidationBus:
             else:
                 self._counters.invalidations_received += 1
                 self._on_key(key)
+        elif isinstance(key, list) and all(isinstance(k, str) for k in key):
+            self._counters.invalidations_received += len(key)
+            for k in key:
+                self._on_key(k)
+        else:
+            self._unreadable()
+
+    def _unreadable(self) -> None:
+        # Another version mid-deploy, a stray publisher: it may have been an invalidation,
+        # so drop everything rather than risk serving a stale value.
+        self._malformed += 1
+        if self._malformed & (self._malformed - 1) == 0:  # 1st, 2nd, 4th, 8th...
+            logger.warning("fleetcache: unreadable message on %s (%d so far); L1 flushed",
+                           self._channel, self._malformed)
+        self._on_flush()
 
     def _mark_up(self) -> None:
         # Flush before declaring the bus up: entries stored until now may have missed notices.

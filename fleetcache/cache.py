@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
 from . import _fork
@@ -305,18 +305,63 @@ class FleetCache:
                 self._l1.store_if_unchanged(key, value, min(seconds, self._l1_ttl()), seq)
         return stored
 
+    def set_many(
+        self, mapping: Mapping[str, Any], *, ttl: float | None = None,
+        strategy: CacheStrategy | None = None,
+    ) -> None:
+        """:meth:`set` for many keys in one round trip, atomically, with one notice.
+
+        Every key and value is checked and encoded first: a bad one raises before anything
+        is written. Raises ``BackendError`` if Redis cannot be reached.
+        """
+        seconds = self._resolve_ttl(ttl, strategy)
+        items = list(mapping.items())
+        blobs = []
+        for key, value in items:
+            self._check_key(key)
+            blobs.append((key, self._encode(key, value, seconds)))
+        if not items:
+            return
+        proc = self._process()
+        seq = self._l1.seq
+        keys = [key for key, _ in items]
+        try:
+            proc.l2.set_many_and_publish(blobs, int(seconds * 1000), proc.bus.message(keys))
+        except BackendError:
+            for key in keys:
+                self._l1.invalidate(key)  # unknown outcome: never keep old values locally
+            raise
+        self._counters.invalidations_sent += len(items)
+        self._l1.put_many(items, min(seconds, self._l1_ttl()), seq)
+
     def delete(self, key: str) -> bool:
         """Remove ``key`` from L2 and from every process's L1; True if it existed in L2."""
         self._check_key(key)
         proc = self._process()
         with proc.writes.hold(key):
             try:
-                existed = proc.l2.delete_and_publish(key, proc.bus.message(key))
+                existed = proc.l2.delete_and_publish([key], proc.bus.message(key)) > 0
             finally:
                 # After the DEL, not before: a read of ours that raced the DEL may have
                 # promoted the old value; this drops it and voids any still in flight.
                 self._l1.invalidate(key)
             self._counters.invalidations_sent += 1
+        return existed
+
+    def delete_many(self, keys: Sequence[str]) -> int:
+        """:meth:`delete` for many keys in one round trip, with one notice; how many existed."""
+        keys = list(keys)
+        for key in keys:
+            self._check_key(key)
+        if not keys:
+            return 0
+        proc = self._process()
+        try:
+            existed = proc.l2.delete_and_publish(keys, proc.bus.message(keys))
+        finally:
+            for key in keys:  # after the DEL, as in delete()
+                self._l1.invalidate(key)
+        self._counters.invalidations_sent += len(keys)
         return existed
 
     def clear(self) -> int:

@@ -205,10 +205,9 @@ class FleetCacheBackend(BaseCache):
     def set_many(
         self, mapping: Mapping[str, Any], timeout: int | dt.timedelta | None = None
     ) -> list[Any]:
-        """``set`` each pair; the keys set. Stops at the first error, which is raised."""
-        ttl = self._ttl(timeout)
-        for key, value in mapping.items():
-            self.cache.set(key, value, ttl=ttl)
+        """Store every pair in one atomic round trip; the keys set. On an error (raised)
+        nothing was written."""
+        self.cache.set_many(mapping, ttl=self._ttl(timeout))
         return list(mapping)
 
     def add(self, key: str, value: Any, timeout: int | dt.timedelta | None = None) -> bool:

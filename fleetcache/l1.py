@@ -58,6 +58,21 @@ class LocalStore:
             self._insert(key, (value, monotonic() + ttl))
             return True
 
+    def put_many(self, items: list[tuple[str, Any]], ttl: float, seq: int) -> bool:
+        """:meth:`put` for several keys under one lock: all stored, or (if anything moved
+        since ``seq``) all dropped."""
+        with self._lock:
+            moved = self.seq != seq
+            self.seq += 1
+            if moved:
+                for key, _ in items:
+                    self.data.pop(key, None)
+                return False
+            expires_at = monotonic() + ttl
+            for key, value in items:
+                self._insert(key, (value, expires_at))
+            return True
+
     def store_if_unchanged(self, key: str, value: Any, ttl: float, seq: int) -> bool:
         """Promote an L2 read taken when ``self.seq == seq``; False if anything moved since."""
         with self._lock:

@@ -68,10 +68,19 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
-# KEYS: value; ARGV: channel, notice. Reply: keys deleted.
+# KEYS: values; ARGV: ms, channel, one notice for all, then a blob per key.
+_SET_MANY_PUBLISH = """
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+for i, key in ipairs(KEYS) do redis.call('SET', key, ARGV[3 + i], 'PX', ARGV[1]) end
+return #KEYS
+"""
+
+# KEYS: values; ARGV: channel, notice. Reply: keys deleted.
 _DELETE_PUBLISH = """
 redis.call('PUBLISH', ARGV[1], ARGV[2])
-return redis.call('DEL', KEYS[1])
+local deleted = 0
+for _, key in ipairs(KEYS) do deleted = deleted + redis.call('DEL', key) end
+return deleted
 """
 
 
@@ -133,8 +142,8 @@ class mapped_errors:  # lower case: used like the context-manager functions it r
 class RedisStore:
     """The cache's Redis commands, all under one namespace."""
 
-    __slots__ = ("_delete", "_discard", "_fetch_or_lock", "_set", "_store_fill", "channel",
-                 "client", "prefix", "waiters_prefix")
+    __slots__ = ("_delete", "_discard", "_fetch_or_lock", "_set", "_set_many", "_store_fill",
+                 "channel", "client", "prefix", "waiters_prefix")
 
     def __init__(self, client: redis.Redis, namespace: str) -> None:
         self.client = client
@@ -146,6 +155,7 @@ class RedisStore:
         self._fetch_or_lock = client.register_script(_FETCH_OR_LOCK)
         self._store_fill = client.register_script(_STORE_FILL)
         self._set = client.register_script(_SET_PUBLISH)
+        self._set_many = client.register_script(_SET_MANY_PUBLISH)
         self._delete = client.register_script(_DELETE_PUBLISH)
 
     def data_key(self, key: str) -> str:
@@ -205,10 +215,19 @@ class RedisStore:
         lock.released(released)
         return bool(stored)
 
-    def delete_and_publish(self, key: str, message: bytes) -> bool:
-        """DEL and PUBLISH atomically; True if the key existed."""
+    def set_many_and_publish(
+        self, blobs: Sequence[tuple[str, bytes]], ttl_ms: int, message: bytes
+    ) -> None:
+        """SET every ``(key, blob)`` and PUBLISH one ``message`` naming them all, atomically."""
+        with mapped_errors("SET"):
+            self._set_many(keys=[self.prefix + key for key, _ in blobs],
+                           args=[ttl_ms, self.channel, message, *(blob for _, blob in blobs)])
+
+    def delete_and_publish(self, keys: Sequence[str], message: bytes) -> int:
+        """DEL ``keys`` and PUBLISH ``message`` atomically; how many existed."""
         with mapped_errors("DEL"):
-            return bool(self._delete(keys=[self.prefix + key], args=[self.channel, message]))
+            return int(self._delete(keys=[self.prefix + key for key in keys],
+                                    args=[self.channel, message]))
 
     def clear_and_publish(self, message: bytes, batch: int = 500) -> int:
         """Delete every value of this namespace (SCAN, never KEYS), then announce a flush."""

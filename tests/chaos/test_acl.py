@@ -16,6 +16,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -33,6 +34,11 @@ WRONG = "Wr0ng-Secret-9f3b"
 ACL = ("--user", "default", "off", "--user", "app", "on", f">{PASSWORD}", "~*", "&*", "+@all",
        "--user", "odd", "on", f">{ODD_PASSWORD}", "~*", "&*", "+@all",
        "--user", "nochan", "on", f">{PASSWORD}", "~*", "resetchannels", "+@all")
+# deploy/README.md's least-privilege user, for namespace LEAST_NS (keep the two in step).
+LEAST_NS = "shop"
+LEAST = ("--user", "least", "on", f">{PASSWORD}", "resetkeys", f"~{LEAST_NS}:*",
+         f"~redlock:{LEAST_NS}:*", "resetchannels", f"&{LEAST_NS}:*", "-@all", "+@read",
+         "+@write", "+@pubsub", "+@scripting", "+@stream", "+ping", "-@dangerous")
 CALL_BOUND = 1.5
 
 
@@ -115,9 +121,10 @@ def test_right_credentials_work_end_to_end(
 
 
 def end_to_end(
-    server: Server, user: str, secret: str, caches: Callable[..., FleetCache]
+    server: Server, user: str, secret: str, caches: Callable[..., FleetCache],
+    ns: str | None = None,
 ) -> None:
-    ns = "acl" + uuid.uuid4().hex[:10]  # one namespace per user: cold keys start cold
+    ns = ns or "acl" + uuid.uuid4().hex[:10]  # one namespace per user: cold keys start cold
     a = caches(url(server, user, secret), namespace=ns)
     b = caches(url(server, user, secret), namespace=ns)
     assert a.connect(wait=5.0) and b.connect(wait=5.0), "bus not subscribed"
@@ -169,6 +176,31 @@ def end_to_end(
 
     assert_secret_absent(secret, [repr(a), str(a), repr(a.config), a.config.safe_url,
                                   str(a.health())])
+
+
+@pytest.mark.parametrize("kind", sorted(binaries()))
+def test_least_privilege_user_of_the_deploy_guide(
+    kind: str, caches: Callable[..., FleetCache]
+) -> None:
+    """The ACL in deploy/README.md is enough for the whole API, and no more: another
+    namespace is refused."""
+    guide = (Path(__file__).resolve().parents[2] / "deploy" / "README.md").read_text()
+    rules = " ".join(LEAST[2:]).replace(f">{PASSWORD}", ">S3cret")
+    assert f"ACL SETUSER fleetcache-app {rules}" in guide, "deploy/README.md's ACL changed"
+    server = Server(binaries()[kind], extra=LEAST).start()
+    try:
+        end_to_end(server, "least", PASSWORD, caches, ns=LEAST_NS)
+        cache = caches(url(server, "least", PASSWORD), namespace=LEAST_NS)
+        cache.set("x", 1)
+        assert cache.add("y", 2)
+        assert cache.get_many(["x", "y"]) == {"x": 1, "y": 2}
+        assert cache.clear() >= 2
+        assert cache.stats().redis_errors == 0
+        other = caches(url(server, "least", PASSWORD), namespace="other")
+        with pytest.raises(BackendError):
+            other.set("x", 1)
+    finally:
+        server.stop()
 
 
 @pytest.mark.parametrize(

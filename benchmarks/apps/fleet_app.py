@@ -77,6 +77,9 @@ class _Process:
         # One connection per process; SQL calls are microseconds and never yield, so a lock
         # (a gevent lock once patched) around them costs nothing. The 5 ms sleep is outside.
         self.db_lock = threading.Lock()
+        # One record is appended to several arrays: a thread switch between two appends
+        # would pair one request's key with another's version (a phantom stale read).
+        self.log_lock = threading.Lock()
         self.counts = {"l1_hits": 0, "l2_hits": 0, "misses": 0}
         self.read_key, self.read_version, self.read_start = array("i"), array("i"), array("d")
         self.write_key, self.write_version, self.write_at = array("i"), array("i"), array("d")
@@ -107,9 +110,10 @@ def load(item_id: int) -> dict[str, Any]:
     with proc.db_lock:
         rows = proc.db.execute("SELECT version FROM item WHERE id = ?", (item_id,)).fetchall()
     version = rows[0][0] if rows else 0
-    proc.load_key.append(item_id)
-    proc.load_version.append(version)
-    proc.load_start.append(start)
+    with proc.log_lock:
+        proc.load_key.append(item_id)
+        proc.load_version.append(version)
+        proc.load_start.append(start)
     return {"id": item_id, "version": version, "name": f"Item {item_id}", "body": "x" * 120}
 
 
@@ -142,9 +146,10 @@ def read(item_id: int) -> Response:
     else:
         proc.counts["misses"] += 1
         item = load(item_id)
-    proc.read_key.append(item_id)
-    proc.read_version.append(item["version"])
-    proc.read_start.append(start)
+    with proc.log_lock:
+        proc.read_key.append(item_id)
+        proc.read_version.append(item["version"])
+        proc.read_start.append(start)
     return _respond(item)
 
 
@@ -163,10 +168,12 @@ def write(item_id: int) -> Response:
     elif VARIANT == "flask-caching":
         fc.set(f"item:{item_id}", item, timeout=TTL)
     # "dict" is never invalidated (the ceiling); "none" has nothing to invalidate.
-    proc.write_key.append(item_id)
-    proc.write_version.append(version)
-    proc.write_at.append(committed)
-    proc.write_cached.append(time.monotonic())
+    cached = time.monotonic()
+    with proc.log_lock:
+        proc.write_key.append(item_id)
+        proc.write_version.append(version)
+        proc.write_at.append(committed)
+        proc.write_cached.append(cached)
     return _respond(item)
 
 
@@ -174,7 +181,7 @@ def _counts(proc: _Process) -> dict[str, int]:
     if VARIANT == "fleetcache":
         s = cache.stats()
         return {"l1_hits": s.l1_hits, "l2_hits": s.l2_hits, "misses": s.misses,
-                "computes": s.computes, "lock_waits": s.lock_waits,
+                "computes": s.computes, "lock_waits": s.lock_waits, "promotions": s.promotions,
                 "invalidations_received": s.invalidations_received,
                 "redis_errors": s.redis_errors, "reconnects": s.reconnects}
     return dict(proc.counts)

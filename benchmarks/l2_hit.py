@@ -4,8 +4,8 @@ Floor: raw redis-py ``GET`` + ``msgspec.msgpack.decode`` of the very bytes fleet
 Peers: cachelib.RedisCache and a dogpile.cache redis region (both pickle). fleetcache's L1
 is kept cold by a capacity of 1 and 1,000 keys read round-robin, so every ``get`` is a GET,
 a decode and a promotion into L1 (checked against ``stats()``). Also ``get_many`` of 100
-keys against one ``MGET`` + 100 decodes, and the public ``set`` (SET + PUBLISH in one
-MULTI/EXEC) against a raw ``SET``.
+keys against one ``MGET`` + 100 decodes, and the public ``set`` (PUBLISH + SET in one Lua
+script) against a raw ``SET``.
 
 Every call is timed on its own (tens of microseconds: the timer's ~100 ns is noise), and
 the peers' calls are interleaved one by one (call i of each peer, in a rotated order), so
@@ -145,7 +145,7 @@ def _cases(s: dict[str, Any]) -> dict[str, dict[str, Callable[[int], Any]]]:
         "set": {
             "redis-py SET of encoded bytes (floor)": lambda i: raw.set(
                 raw_keys[i % n], blob, px=TTL * 1000),
-            "fleetcache set (SET+PUBLISH MULTI)": lambda i: fleet.set(keys[i % n], VALUE,
+            "fleetcache set (SET+PUBLISH script)": lambda i: fleet.set(keys[i % n], VALUE,
                                                                        ttl=TTL),
             "cachelib RedisCache.set": lambda i: simple.set(keys[i % n], VALUE),
             "dogpile redis region.set": lambda i: region.set(keys[i % n], VALUE),

@@ -44,7 +44,7 @@ class _BusStalledError(Exception):
 
 
 class InvalidationBus:
-    """Publishes nothing itself (writes do, inside their MULTI); listens and applies."""
+    """Publishes nothing itself (writes do, inside their scripts); listens and applies."""
 
     def __init__(
         self,

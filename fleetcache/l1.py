@@ -1,11 +1,15 @@
 """The per-process L1: a bounded TTL dict whose read path is one lookup and one clock read.
 
 Readers take no lock: ``dict.get`` is atomic under the GIL and readers never mutate. Every
-mutation (store, invalidate, evict, flush) happens under one lock and bumps ``seq``, the
-counter that makes promotion race-free: a reader notes ``seq`` before its L2 GET and stores
-the result only if ``seq`` has not moved meanwhile (:meth:`store_if_unchanged`). Without it,
-a read of the old L2 value that lands after the invalidation for that key would sit in L1
-for the whole L1 TTL. A false "moved" only costs one extra L2 read later.
+mutation (store, invalidate, flush) happens under one lock and bumps ``seq``, the counter
+that makes promotion race-free: a reader notes ``seq`` before its L2 GET and stores the
+result only if *that key* was not written or invalidated, and L1 not flushed, since
+(:meth:`store_if_unchanged`). Without it, a read of the old L2 value that lands after the
+invalidation for that key would sit in L1 for the whole L1 TTL. Each key's last move is
+remembered (``_touched``) so that an invalidation of one key does not void promotions of
+the others (a global check refused 15-36% of a busy worker's promotions); past
+``_TOUCHED_LIMIT`` keys the memory is dropped and counts as a flush for in-flight reads. A
+false "moved" only costs one extra L2 read later.
 
 Eviction is oldest-inserted first (FIFO): LRU would need a write on every hit.
 """
@@ -21,11 +25,13 @@ monotonic = time.monotonic
 
 Entry = tuple[Any, float]  # (value, expires_at on the monotonic clock)
 
+_TOUCHED_LIMIT = 4096  # keys whose last move is remembered; beyond that, a promotion floor
+
 
 class LocalStore:
     """Bounded TTL store. ``data`` is read directly by the cache's hit path."""
 
-    __slots__ = ("_lock", "capacity", "data", "seq")
+    __slots__ = ("_floor", "_lock", "_touched", "capacity", "data", "seq")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -34,6 +40,8 @@ class LocalStore:
         # at capacity). Lookups cost the same as on a dict.
         self.data: OrderedDict[str, Entry] = OrderedDict()
         self.seq = 0
+        self._touched: dict[str, int] = {}  # key -> seq of its last write or invalidation
+        self._floor = 0  # reads noted before this seq may not promote (flush, or pruning)
         # Looked up at call time, so a store made after gevent's monkey-patching gets a
         # greenlet-aware lock (a native lock would block the hub).
         self._lock = threading.Lock()
@@ -46,37 +54,37 @@ class LocalStore:
         return None
 
     def put(self, key: str, value: Any, ttl: float, seq: int) -> bool:
-        """Store this process's own write, sent when ``self.seq == seq``; False if anything
-        moved since (then ``key`` is dropped instead). Voids concurrent promotions either way.
-        """
+        """Store this process's own write, sent at ``seq``; False if ``key`` moved since
+        (then it is dropped instead). Voids concurrent promotions of ``key`` either way."""
         with self._lock:
-            moved = self.seq != seq
-            self.seq += 1
+            moved = self._moved(key, seq)
+            self._touch(key)
             if moved:
                 self.data.pop(key, None)
                 return False
             self._insert(key, (value, monotonic() + ttl))
             return True
 
-    def put_many(self, items: list[tuple[str, Any]], ttl: float, seq: int) -> bool:
-        """:meth:`put` for several keys under one lock: all stored, or (if anything moved
-        since ``seq``) all dropped."""
+    def put_many(self, items: list[tuple[str, Any]], ttl: float, seq: int) -> int:
+        """:meth:`put` for several keys under one lock; how many were stored."""
         with self._lock:
-            moved = self.seq != seq
-            self.seq += 1
-            if moved:
-                for key, _ in items:
-                    self.data.pop(key, None)
-                return False
             expires_at = monotonic() + ttl
+            stored = 0
             for key, value in items:
-                self._insert(key, (value, expires_at))
-            return True
+                moved = self._moved(key, seq)
+                self._touch(key)
+                if moved:
+                    self.data.pop(key, None)
+                else:
+                    self._insert(key, (value, expires_at))
+                    stored += 1
+            return stored
 
     def store_if_unchanged(self, key: str, value: Any, ttl: float, seq: int) -> bool:
-        """Promote an L2 read taken when ``self.seq == seq``; False if anything moved since."""
+        """Promote an L2 read taken at ``seq``; False if ``key`` moved (or L1 was flushed)
+        since."""
         with self._lock:
-            if self.seq != seq:
+            if self._moved(key, seq):
                 return False
             self._insert(key, (value, monotonic() + ttl))
             return True
@@ -85,29 +93,43 @@ class LocalStore:
         self, items: list[tuple[str, Any, float]], seq: int
     ) -> int:
         """Promote ``(key, value, ttl)`` reads taken at ``seq`` under one lock and one clock
-        read; how many were stored (0 if anything moved since)."""
+        read; how many were stored (those whose key did not move since)."""
         with self._lock:
-            if self.seq != seq:
-                return 0
             now = monotonic()
+            stored = 0
             for key, value, ttl in items:
-                self._insert(key, (value, now + ttl))
-            return len(items)
+                if not self._moved(key, seq):
+                    self._insert(key, (value, now + ttl))
+                    stored += 1
+            return stored
 
     def invalidate(self, key: str) -> bool:
         """Drop ``key``; True if it was present."""
         with self._lock:
-            self.seq += 1
+            self._touch(key)
             return self.data.pop(key, None) is not None
 
     def clear(self) -> None:
         """Drop everything (and void in-flight promotions)."""
         with self._lock:
             self.seq += 1
+            self._floor = self.seq
+            self._touched.clear()
             self.data.clear()
 
     def __len__(self) -> int:
         return len(self.data)
+
+    def _moved(self, key: str, seq: int) -> bool:
+        """Whether ``key`` was written or invalidated, or L1 flushed, after ``seq``."""
+        return self._floor > seq or self._touched.get(key, 0) > seq
+
+    def _touch(self, key: str) -> None:
+        self.seq += 1
+        if len(self._touched) >= _TOUCHED_LIMIT:
+            self._touched.clear()
+            self._floor = self.seq  # forgotten moves: refuse every read noted before now
+        self._touched[key] = self.seq
 
     def _insert(self, key: str, entry: Entry) -> None:
         data = self.data

@@ -178,22 +178,62 @@ def test_store_if_unchanged_stores_when_nothing_moved(clock: FakeClock) -> None:
 @pytest.mark.parametrize(
     "move",
     [
-        pytest.param(lambda s: s.put("other", 1, 60.0, s.seq), id="put-other-key"),
         pytest.param(lambda s: s.put("k", "fresh", 60.0, s.seq), id="put-same-key"),
+        pytest.param(lambda s: s.put_many([("k", "fresh")], 60.0, s.seq), id="put-many"),
         pytest.param(lambda s: s.invalidate("k"), id="invalidate-same-key"),
-        pytest.param(lambda s: s.invalidate("absent"), id="invalidate-absent-key"),
         pytest.param(lambda s: s.clear(), id="clear"),
     ],
 )
-def test_store_if_unchanged_refuses_after_any_seq_move(
+def test_store_if_unchanged_refuses_after_a_move_of_its_key(
     clock: FakeClock, move: Callable[[LocalStore], object]
 ) -> None:
     store = LocalStore(10)
     seq = store.seq  # noted before the (simulated) L2 read
     move(store)
     assert store.store_if_unchanged("k", "stale", 60.0, seq) is False
+    assert store.store_many_if_unchanged([("k", "stale", 60.0)], seq) == 0
     entry = store.get("k")
     assert entry is None or entry[0] == "fresh"
+
+
+@pytest.mark.parametrize(
+    "move",
+    [
+        pytest.param(lambda s: s.put("other", 1, 60.0, s.seq), id="put-other-key"),
+        pytest.param(lambda s: s.invalidate("other"), id="invalidate-other-key"),
+    ],
+)
+def test_a_move_of_another_key_does_not_void_a_promotion(
+    clock: FakeClock, move: Callable[[LocalStore], object]
+) -> None:
+    store = LocalStore(10)
+    seq = store.seq
+    move(store)
+    assert store.store_if_unchanged("k", "v", 60.0, seq) is True
+    assert value_of(store, "k") == "v"
+
+
+def test_forgetting_old_moves_refuses_every_read_noted_before(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(l1_module, "_TOUCHED_LIMIT", 3)
+    store = LocalStore(10)
+    early = store.seq
+    for key in ("a", "b", "c", "d"):  # the 4th move drops the memory of the first 3
+        store.invalidate(key)
+    assert len(store._touched) <= 3
+    assert store.store_if_unchanged("k", "v", 60.0, early) is False  # cannot know: refuse
+    assert store.store_if_unchanged("a", "v", 60.0, early) is False
+    assert store.store_if_unchanged("k", "v", 60.0, store.seq) is True
+
+
+def test_put_many_drops_only_the_keys_that_moved(clock: FakeClock) -> None:
+    store = LocalStore(10)
+    seq = store.seq
+    store.invalidate("b")  # a newer remote write of b landed before our reply
+    assert store.put_many([("a", 1), ("b", 2)], 60.0, seq) == 1
+    assert value_of(store, "a") == 1
+    assert store.get("b") is None
 
 
 def test_refused_promotion_leaves_the_newer_write(clock: FakeClock) -> None:
@@ -208,6 +248,7 @@ def test_refused_promotion_does_not_evict(clock: FakeClock) -> None:
     store = LocalStore(1)
     seq = store.seq
     store.put("a", 1, 60.0, store.seq)
+    store.invalidate("b")
     assert not store.store_if_unchanged("b", 2, 60.0, seq)
     assert value_of(store, "a") == 1
 
@@ -239,9 +280,10 @@ def test_batch_promotion_stores_all_with_their_ttls_and_respects_capacity(
     assert store.get("c") == (3, 1030.0)
 
 
-def test_batch_promotion_refuses_everything_after_a_seq_move(clock: FakeClock) -> None:
+def test_batch_promotion_refuses_only_the_keys_that_moved(clock: FakeClock) -> None:
     store = LocalStore(capacity=10)
     seq = store.seq
-    store.invalidate("unrelated")
-    assert store.store_many_if_unchanged([("a", 1, 10), ("b", 2, 10)], seq) == 0
-    assert len(store) == 0
+    store.invalidate("b")
+    assert store.store_many_if_unchanged([("a", 1, 10), ("b", 2, 10)], seq) == 1
+    assert value_of(store, "a") == 1
+    assert store.get("b") is None

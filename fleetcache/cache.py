@@ -412,7 +412,7 @@ class FleetCache:
         # A holder that dies lets its lock expire after lock_timeout and a waiter takes over;
         # a chain of holders (each dying) is waited out at most this long in total.
         give_up = monotonic() + 3 * self.config.lock_timeout
-        counted = False
+        first = True  # only the first look at L2 counts as this lookup's hit or miss
         while True:
             lock = FleetLock(proc.client, proc.lock_prefix + key, self.config.lock_timeout)
             seq = self._l1.seq
@@ -421,18 +421,17 @@ class FleetCache:
             except BackendError as exc:  # Redis down: compute here, cache in L1 only
                 self._read_failed(exc)
                 return self._compute_unlocked(key, compute, ttl)
-            if won:
-                if not counted:
+            value = _MISSING if won else self._accept(key, blob, seq)
+            if first:
+                if value is _MISSING:
                     self._counters.misses += 1
-                return self._compute_locked(proc, lock, key, compute, ttl, seq=seq)
-            value = self._accept(key, blob, seq)
-            if value is not _MISSING:
-                if not counted:
+                else:
                     self._counters.l2_hits += 1
+                first = False
+            if won:
+                return self._compute_locked(proc, lock, key, compute, ttl, seq=seq)
+            if value is not _MISSING:
                 return value  # type: ignore[no-any-return]
-            if not counted:
-                self._counters.misses += 1
-                counted = True
             if blob is not None:
                 # Corrupt or foreign bytes would make every SET NX fail, and every call
                 # recompute, for as long as they live: drop them (only them), then compete.

@@ -21,6 +21,7 @@ from redis.retry import Retry
 
 from .config import CacheConfig
 from .errors import BackendError, BackendUnavailableError
+from .lane import CommandLane
 from .locks import FleetLock
 
 T = TypeVar("T")
@@ -142,21 +143,29 @@ class mapped_errors:  # lower case: used like the context-manager functions it r
 class RedisStore:
     """The cache's Redis commands, all under one namespace."""
 
-    __slots__ = ("_delete", "_discard", "_fetch_or_lock", "_set", "_set_many", "_store_fill",
-                 "channel", "client", "prefix", "waiters_prefix")
+    __slots__ = ("_delete", "_discard", "_fetch_or_lock", "_lane", "_set", "_set_many",
+                 "_store_fill", "channel", "client", "prefix", "waiters_prefix")
 
     def __init__(self, client: redis.Redis, namespace: str) -> None:
         self.client = client
+        pool = client.connection_pool
+        # Hot commands skip redis-py's per-command pool checkout (see fleetcache.lane); at
+        # most half the pool idles in the lane, the rest serves streams and the bus.
+        self._lane = CommandLane(pool, keep=max(1, pool.max_connections // 2))
         self.prefix = f"{namespace}:v:"
         self.waiters_prefix = f"{namespace}:w:"
         self.channel = f"{namespace}:inv"
-        # redis-py's Script: EVALSHA, loading the script once on NOSCRIPT (server restart).
+        # redis-py's Script: its SHA and text (the lane runs EVALSHA, EVAL on NOSCRIPT).
         self._discard = client.register_script(_DISCARD)
         self._fetch_or_lock = client.register_script(_FETCH_OR_LOCK)
         self._store_fill = client.register_script(_STORE_FILL)
         self._set = client.register_script(_SET_PUBLISH)
         self._set_many = client.register_script(_SET_MANY_PUBLISH)
         self._delete = client.register_script(_DELETE_PUBLISH)
+
+    def close(self) -> None:
+        """Give the lane's idle connections back to the pool."""
+        self._lane.close()
 
     def data_key(self, key: str) -> str:
         """The Redis key holding ``key``'s value."""
@@ -165,18 +174,19 @@ class RedisStore:
     def get(self, key: str) -> bytes | None:
         """One GET."""
         with mapped_errors("GET"):
-            return self.client.get(self.prefix + key)  # type: ignore[return-value]
+            return self._lane.execute("GET", self.prefix + key)  # type: ignore[no-any-return]
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         """One MGET for many keys."""
         with mapped_errors("MGET"):
-            return self.client.mget([self.prefix + k for k in keys])  # type: ignore[return-value]
+            return self._lane.execute(  # type: ignore[no-any-return]
+                "MGET", *[self.prefix + k for k in keys])
 
     def get_and_check_lock(self, key: str, lock_key: str) -> tuple[bytes | None, bytes | None]:
         """The value and the lock's holder token (None: free), in one MGET round trip."""
         with mapped_errors("MGET"):
-            blob, holder = self.client.mget([self.prefix + key, lock_key])
-        return blob, holder  # type: ignore[return-value]
+            blob, holder = self._lane.execute("MGET", self.prefix + key, lock_key)
+        return blob, holder
 
     def fetch_or_lock(self, key: str, lock: FleetLock) -> tuple[bytes | None, bool]:
         """The value of ``key``; if there is none, try ``lock``: (value, won), one script.
@@ -184,24 +194,24 @@ class RedisStore:
         A loser is noted as waiting, so the winner announces its fill (see store_fill).
         """
         with mapped_errors("GET"):
-            value, won = self._fetch_or_lock(
-                keys=[self.prefix + key, lock.key, self.waiters_prefix + key],
-                args=[lock.token, lock.ttl_ms])
+            value, won = self._lane.run_script(
+                self._fetch_or_lock, [self.prefix + key, lock.key, self.waiters_prefix + key],
+                [lock.token, lock.ttl_ms])
         return value, bool(won)
 
     def discard(self, key: str, blob: bytes) -> bool:
         """Delete ``key`` only if it still holds ``blob`` (compare-and-delete, one script)."""
         with mapped_errors("discard"):
-            return bool(self._discard(keys=[self.prefix + key], args=[blob]))
+            return bool(self._lane.run_script(self._discard, [self.prefix + key], [blob]))
 
     def set_and_publish(
         self, key: str, blob: bytes, ttl_ms: int, message: bytes, *, only_if_absent: bool = False
     ) -> bool:
         """SET (NX for ``add``) and, if stored, PUBLISH ``message``; False if NX lost."""
         with mapped_errors("SET"):
-            return bool(self._set(keys=[self.prefix + key],
-                                  args=[blob, ttl_ms, self.channel, message,
-                                        "NX" if only_if_absent else ""]))
+            return bool(self._lane.run_script(
+                self._set, [self.prefix + key],
+                [blob, ttl_ms, self.channel, message, "NX" if only_if_absent else ""]))
 
     def store_fill(
         self, key: str, blob: bytes, ttl_ms: int, lock: FleetLock, message: bytes
@@ -209,9 +219,9 @@ class RedisStore:
         """Store a computed value (SET NX), release ``lock``, and send ``message`` (a fill
         notice) if anyone waits; True if stored."""
         with mapped_errors("SET"):
-            stored, released = self._store_fill(
-                keys=[self.prefix + key, lock.key, self.waiters_prefix + key],
-                args=[blob, ttl_ms, lock.token, self.channel, message])
+            stored, released = self._lane.run_script(
+                self._store_fill, [self.prefix + key, lock.key, self.waiters_prefix + key],
+                [blob, ttl_ms, lock.token, self.channel, message])
         lock.released(released)
         return bool(stored)
 
@@ -220,14 +230,14 @@ class RedisStore:
     ) -> None:
         """SET every ``(key, blob)`` and PUBLISH one ``message`` naming them all, atomically."""
         with mapped_errors("SET"):
-            self._set_many(keys=[self.prefix + key for key, _ in blobs],
-                           args=[ttl_ms, self.channel, message, *(blob for _, blob in blobs)])
+            self._lane.run_script(self._set_many, [self.prefix + key for key, _ in blobs],
+                                  [ttl_ms, self.channel, message, *(blob for _, blob in blobs)])
 
     def delete_and_publish(self, keys: Sequence[str], message: bytes) -> int:
         """DEL ``keys`` and PUBLISH ``message`` atomically; how many existed."""
         with mapped_errors("DEL"):
-            return int(self._delete(keys=[self.prefix + key for key in keys],
-                                    args=[self.channel, message]))
+            return int(self._lane.run_script(self._delete, [self.prefix + key for key in keys],
+                                             [self.channel, message]))
 
     def clear_and_publish(self, message: bytes, batch: int = 500) -> int:
         """Delete every value of this namespace (SCAN, never KEYS), then announce a flush."""

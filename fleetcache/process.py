@@ -49,4 +49,5 @@ class ProcessState:
     def close(self) -> None:
         """Stop the listener and close every connection."""
         self.bus.stop()
+        self.l2.close()
         self.client.connection_pool.disconnect()

@@ -1,0 +1,129 @@
+"""CommandLane: hot commands on held connections, with the pool's safety kept.
+
+What must hold: one connection serves a run of commands (that is the point); a command
+abandoned mid-flight never hands its late reply to the next caller; an error reply keeps
+the connection; NOSCRIPT falls back to EVAL; the idle list stays within ``keep`` and the
+pool's limit still bounds the total.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from fleetcache.config import CacheConfig
+from fleetcache.l2 import make_client
+from fleetcache.lane import CommandLane
+
+from ..servers import Server
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[redis.Redis]:
+    c = make_client(CacheConfig(url=server.url, socket_timeout=0.25, max_connections=8))
+    yield c
+    c.connection_pool.disconnect()
+
+
+def connections_named(raw: redis.Redis, name: str) -> int:
+    return sum(1 for c in raw.client_list() if c.get("name") == name)
+
+
+def test_a_run_of_commands_uses_one_connection(
+    client: redis.Redis, raw: redis.Redis, namespace: str
+) -> None:
+    lane = CommandLane(client.connection_pool, keep=4)
+    raw.set(f"{namespace}:k", b"v")
+    lane.execute("CLIENT", "SETNAME", namespace)
+    for _ in range(50):
+        assert lane.execute("GET", f"{namespace}:k") == b"v"
+    assert connections_named(raw, namespace) == 1
+    assert lane.execute("CLIENT", "GETNAME") == namespace.encode()
+
+
+def test_a_timed_out_command_never_leaks_its_reply_to_the_next(
+    client: redis.Redis, raw: redis.Redis, namespace: str
+) -> None:
+    lane = CommandLane(client.connection_pool, keep=4)
+    raw.set(f"{namespace}:k", b"v")
+    lane.execute("GET", f"{namespace}:k")  # one idle connection, reused below
+    with pytest.raises(redis.TimeoutError):
+        lane.execute("BLPOP", f"{namespace}:q", "1")  # blocks past socket_timeout
+    raw.rpush(f"{namespace}:q", b"late")  # would be the BLPOP's reply on a kept socket
+    time.sleep(1.1)
+    assert lane.execute("GET", f"{namespace}:k") == b"v"
+    assert raw.lpop(f"{namespace}:q") == b"late"  # the abandoned BLPOP took nothing
+
+
+def test_an_error_reply_keeps_the_connection(
+    client: redis.Redis, raw: redis.Redis, namespace: str
+) -> None:
+    lane = CommandLane(client.connection_pool, keep=4)
+    lane.execute("CLIENT", "SETNAME", namespace)
+    raw.set(f"{namespace}:s", b"text")
+    with pytest.raises(redis.ResponseError):
+        lane.execute("INCR", f"{namespace}:s")
+    assert lane.execute("CLIENT", "GETNAME") == namespace.encode()
+    assert connections_named(raw, namespace) == 1
+
+
+def test_noscript_falls_back_to_eval_and_reloads(
+    client: redis.Redis, raw: redis.Redis, namespace: str
+) -> None:
+    lane = CommandLane(client.connection_pool, keep=4)
+    script = client.register_script(f"return 'ran {namespace}'")
+    raw.script_flush()
+    assert lane.run_script(script, [], []) == f"ran {namespace}".encode()
+    assert raw.script_exists(script.sha) == [True]
+    assert lane.run_script(script, [], []) == f"ran {namespace}".encode()
+
+
+def test_a_killed_connection_is_replaced_by_the_retry(
+    client: redis.Redis, raw: redis.Redis, namespace: str
+) -> None:
+    lane = CommandLane(client.connection_pool, keep=4)
+    raw.set(f"{namespace}:k", b"v")
+    lane.execute("CLIENT", "SETNAME", namespace)
+    raw.client_kill_filter(_type="normal", skipme=True)
+    assert lane.execute("GET", f"{namespace}:k") == b"v"
+
+
+def test_idle_connections_stay_within_keep_and_the_pool_bounds_the_total(
+    client: redis.Redis, namespace: str
+) -> None:
+    pool = client.connection_pool
+    lane = CommandLane(pool, keep=2)
+    barrier = threading.Barrier(6)
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            barrier.wait()
+            for _ in range(20):
+                lane.execute("BLPOP", f"{namespace}:nothing", "0.01")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    assert len(lane._idle) <= 2
+    assert len(pool._connections) <= 8  # type: ignore[attr-defined]
+    lane.close()
+    assert not lane._idle
+
+
+def test_close_returns_connections_to_the_pool(client: redis.Redis) -> None:
+    pool = client.connection_pool
+    lane = CommandLane(pool, keep=4)
+    lane.execute("PING")
+    in_use = pool.max_connections - pool.pool.qsize()  # type: ignore[attr-defined]
+    lane.close()
+    assert pool.max_connections - pool.pool.qsize() == in_use - 1  # type: ignore[attr-defined]

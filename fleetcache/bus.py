@@ -16,11 +16,20 @@ resubscribes a PubSub silently, and messages published in the gap are lost, so:
 
 So an L1 entry is served at most ``health_check_interval + health_check_timeout`` (detection)
 or ``degraded_l1_ttl`` after an invalidation it missed, whichever is larger.
+
+A live but *late* listener is the other way to miss one: under gevent, greenlets that serve
+L1 hits never yield, and the listener waits its turn (tens to hundreds of ms on a saturated
+CPU, measured in the fleet benchmark). So the listener holds a lease on L1
+(``LocalStore.fresh_until``): each time it finds its socket drained it extends L1's trust to
+``max_listener_lag`` past that moment. A read that finds the lease run out waits for the next
+renewal (:meth:`InvalidationBus.await_lease`): waiting yields, so the listener gets its turn,
+and no Redis round trip is spent; past one more ``max_listener_lag`` the read goes to Redis.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -57,6 +66,7 @@ class InvalidationBus:
         on_key: Callable[[str], None],
         on_fill: Callable[[str], None],
         on_flush: Callable[[], None],
+        on_lease: Callable[[float], None],
     ) -> None:
         self.sender_id = os.urandom(8)
         self.connected = False
@@ -68,7 +78,9 @@ class InvalidationBus:
         self._on_key = on_key
         self._on_fill = on_fill
         self._on_flush = on_flush
+        self._on_lease = on_lease
         self._stop = threading.Event()
+        self._renewed = threading.Event()  # replaced at each renewal; waiters hold the old one
         self._thread: threading.Thread | None = None
         self._ever_connected = False
         self._said_never = False
@@ -83,6 +95,15 @@ class InvalidationBus:
         value that a write has since replaced), so it costs their L1 nothing.
         """
         return self._codec.encode_payload((self.sender_id, key, filled))
+
+    def await_lease(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the listener to renew L1's lease; True if it did."""
+        return self._renewed.wait(timeout)
+
+    def _renew(self, until: float) -> None:
+        self._on_lease(until)
+        renewed, self._renewed = self._renewed, threading.Event()
+        renewed.set()
 
     def start(self) -> None:
         """Start the listener (idempotent)."""
@@ -127,6 +148,8 @@ class InvalidationBus:
         try:
             pubsub.subscribe(self._channel)
             interval = self._config.health_check_interval
+            lag = self._config.max_listener_lag
+            poll = min(_POLL, lag / 4)  # early enough that a late wakeup still renews in time
             next_ping = time.monotonic() + interval
             pending: tuple[bytes, float] | None = None  # (token, deadline)
             while not self._stop.is_set():
@@ -138,10 +161,15 @@ class InvalidationBus:
                     pending = (token, now + self._config.health_check_timeout)
                     pubsub.ping(token)
                     next_ping = now + interval
-                wait = min(_POLL, max(0.0, (pending[1] if pending else next_ping) - now))
-                msg = pubsub.get_message(timeout=wait)
+                msg = pubsub.get_message(timeout=0.0)
                 if msg is None:
-                    continue
+                    # Drained: every notice that reached us before `now` is applied.
+                    if self.connected:
+                        self._renew(now + lag)
+                    wait = min(poll, max(0.0, (pending[1] if pending else next_ping) - now))
+                    msg = pubsub.get_message(timeout=wait)
+                    if msg is None:
+                        continue
                 kind = msg["type"]
                 if kind == "message":
                     self._apply(msg["data"])
@@ -189,6 +217,7 @@ class InvalidationBus:
     def _mark_up(self) -> None:
         # Flush before declaring the bus up: entries stored until now may have missed notices.
         self._on_flush()
+        self._renew(time.monotonic() + self._config.max_listener_lag)
         if self._ever_connected:
             self._counters.reconnects += 1
             logger.warning("fleetcache: invalidation bus reconnected; L1 flushed")
@@ -199,6 +228,7 @@ class InvalidationBus:
         was_connected = self.connected
         self.connected = False
         self._on_flush()
+        self._renew(math.inf)  # no lease without a listener: degraded_l1_ttl bounds L1
         reason = f"{type(exc).__name__}: {exc}" if exc else "error"
         if was_connected:
             logger.warning("fleetcache: invalidation bus down (%s); L1 flushed, "

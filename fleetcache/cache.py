@@ -24,7 +24,7 @@ from .errors import (
     InvalidArgumentError,
     InvalidKeyError,
 )
-from .l1 import LocalStore, monotonic
+from .l1 import Entry, LocalStore, monotonic
 from .locks import FleetLock
 from .process import ProcessState
 from .stats import CacheStats, Counters, Health
@@ -105,6 +105,7 @@ class FleetCache:
                     proc = self._proc = ProcessState(
                         self.config, self._codec, self._counters,
                         on_invalidate=self._on_remote_invalidation, on_flush=self._flush_l1,
+                        on_lease=self._lease_l1,
                     )
         return proc
 
@@ -147,10 +148,28 @@ class FleetCache:
             entry = self._l1_get(key)
         except TypeError:  # unhashable key: let the slow path name the problem
             entry = None
-        if entry is not None and entry[1] > monotonic():
+        if entry is not None and entry[1] > (now := monotonic()) and (
+            now < self._l1.fresh_until or (entry := self._late_hit(key)) is not None
+        ):
             self._counters.l1_hits += 1
             return entry[0]
         return self._get_slow(key, default)
+
+    def _late_hit(self, key: str) -> Entry | None:
+        """L1's lease ran out (the listener is late): wait for it to catch up, look again."""
+        return self._l1.get(key) if self._await_listener() else None
+
+    def _await_listener(self) -> bool:
+        """Wait up to ``max_listener_lag`` for the listener to renew L1's lease.
+
+        Under gevent, greenlets serving L1 hits never yield and the listener waits its
+        turn; waiting here yields, so it gets it, and costs no Redis round trip.
+        """
+        proc = self._proc
+        if proc is None:
+            return False
+        self._counters.listener_waits += 1
+        return proc.bus.await_lease(self.config.max_listener_lag)
 
     def _get_slow(self, key: str, default: Any) -> Any:
         self._check_key(key)
@@ -174,10 +193,13 @@ class FleetCache:
         cold: list[str] = []
         l1_get = self._l1_get
         now = monotonic()
+        if now >= self._l1.fresh_until and self._await_listener():
+            now = monotonic()
+        fresh = now < self._l1.fresh_until
         for key in keys:
             self._check_key(key)
             entry = l1_get(key)
-            if entry is not None and entry[1] > now:
+            if entry is not None and entry[1] > now and fresh:
                 found[key] = entry[0]
             else:
                 cold.append(key)
@@ -395,7 +417,9 @@ class FleetCache:
             entry = self._l1_get(key)
         except TypeError:  # unhashable key: _check_key names the problem
             entry = None
-        if entry is not None and entry[1] > monotonic():
+        if entry is not None and entry[1] > (now := monotonic()) and (
+            now < self._l1.fresh_until or (entry := self._late_hit(key)) is not None
+        ):
             self._counters.l1_hits += 1
             return entry[0]  # type: ignore[no-any-return]
         self._check_key(key)
@@ -564,6 +588,9 @@ class FleetCache:
     def _flush_l1(self) -> None:
         self._l1.clear()
 
+    def _lease_l1(self, until: float) -> None:
+        self._l1.fresh_until = until
+
     # -- streams ---------------------------------------------------------------------------
 
     def publish_to_stream(self, stream: str, fields: Fields, maxlen: int | None = None) -> str:
@@ -593,7 +620,7 @@ class FleetCache:
         proc = self._process()
         start = time.perf_counter()
         try:
-            proc.l2.call("PING", proc.client.ping)
+            proc.l2.ping()
         except BackendError as exc:
             return Health(False, None, proc.bus.connected, len(self._l1), os.getpid(),
                           str(exc))

@@ -42,6 +42,10 @@ class CacheConfig:
         health_check_interval: how often the invalidation listener PINGs its connection.
         health_check_timeout: a PONG later than this means the bus is down (L1 flushed).
         degraded_l1_ttl: L1 life of entries stored while the bus is down (bounds staleness).
+        max_listener_lag: L1 serves only while the listener has drained every notice that
+            reached it until at most this long ago; past it (the listener starved of CPU by
+            busy greenlets or threads) reads go to Redis until it catches up. The idle
+            listener wakes every half of it to say so.
         reconnect_backoff: the longest pause between listener reconnect attempts.
         max_value_bytes: encoded values above this raise ``ValueTooLargeError``.
         max_key_length: keys longer than this (in characters) raise ``InvalidKeyError``.
@@ -66,6 +70,7 @@ class CacheConfig:
     health_check_interval: float = 1.0
     health_check_timeout: float = 0.5
     degraded_l1_ttl: float = 1.0
+    max_listener_lag: float = 0.05
     reconnect_backoff: float = 1.0
     max_value_bytes: int = 16 * 1024 * 1024
     max_key_length: int = 1024
@@ -94,7 +99,7 @@ class CacheConfig:
         for name in ("l1_ttl", "default_ttl", "socket_timeout", "connect_timeout",
                      "pool_timeout", "stream_timeout_margin", "lock_timeout",
                      "health_check_interval", "health_check_timeout", "degraded_l1_ttl",
-                     "reconnect_backoff"):
+                     "max_listener_lag", "reconnect_backoff"):
             check_seconds(name, getattr(self, name), ConfigError)
 
     @classmethod

@@ -11,11 +11,17 @@ the others (a global check refused 15-36% of a busy worker's promotions); past
 ``_TOUCHED_LIMIT`` keys the memory is dropped and counts as a flush for in-flight reads. A
 false "moved" only costs one extra L2 read later.
 
+``fresh_until`` is the listener's lease on L1 (monotonic clock): hits are served only before
+it. The invalidation listener pushes it forward each time it has drained its socket, so a
+listener starved of CPU stops L1 from serving values it may not have heard were replaced.
+While the bus is down it is infinite: entries then live ``degraded_l1_ttl`` instead.
+
 Eviction is oldest-inserted first (FIFO): LRU would need a write on every hit.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -31,7 +37,7 @@ _TOUCHED_LIMIT = 4096  # keys whose last move is remembered; beyond that, a prom
 class LocalStore:
     """Bounded TTL store. ``data`` is read directly by the cache's hit path."""
 
-    __slots__ = ("_floor", "_lock", "_touched", "capacity", "data", "seq")
+    __slots__ = ("_floor", "_lock", "_touched", "capacity", "data", "fresh_until", "seq")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -40,6 +46,7 @@ class LocalStore:
         # at capacity). Lookups cost the same as on a dict.
         self.data: OrderedDict[str, Entry] = OrderedDict()
         self.seq = 0
+        self.fresh_until = math.inf
         self._touched: dict[str, int] = {}  # key -> seq of its last write or invalidation
         self._floor = 0  # reads noted before this seq may not promote (flush, or pruning)
         # Looked up at call time, so a store made after gevent's monkey-patching gets a
@@ -49,7 +56,7 @@ class LocalStore:
     def get(self, key: str) -> Entry | None:
         """The live entry for ``key``, or None (expired entries are left for the writers)."""
         entry = self.data.get(key)
-        if entry is not None and entry[1] > monotonic():
+        if entry is not None and entry[1] > (now := monotonic()) and now < self.fresh_until:
             return entry
         return None
 

@@ -167,6 +167,11 @@ class RedisStore:
         """Give the lane's idle connections back to the pool."""
         self._lane.close()
 
+    def ping(self) -> None:
+        """One PING, on the lane's connections (a health probe opens no extra one)."""
+        with mapped_errors("PING"):
+            self._lane.execute("PING")
+
     def data_key(self, key: str) -> str:
         """The Redis key holding ``key``'s value."""
         return self.prefix + key

@@ -25,6 +25,7 @@ class ProcessState:
     def __init__(
         self, config: CacheConfig, codec: Codec, counters: Counters, *,
         on_invalidate: Callable[[str], None], on_flush: Callable[[], None],
+        on_lease: Callable[[float], None],
     ) -> None:
         self.client = make_client(config)
         self.l2 = RedisStore(self.client, config.namespace)
@@ -36,7 +37,7 @@ class ProcessState:
         self.bus = InvalidationBus(
             self.client, channel=self.l2.channel, codec=codec, config=config,
             counters=counters, on_key=on_invalidate, on_fill=self.wake_waiter,
-            on_flush=on_flush,
+            on_flush=on_flush, on_lease=on_lease,
         )
         self.bus.start()
 

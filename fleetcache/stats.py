@@ -20,6 +20,7 @@ class Counters:
         "invalidations_sent",
         "l1_hits",
         "l2_hits",
+        "listener_waits",
         "lock_waits",
         "misses",
         "promotions",
@@ -37,6 +38,7 @@ class Counters:
         self.invalidations_sent = 0
         self.invalidations_received = 0
         self.lock_waits = 0
+        self.listener_waits = 0
         self.redis_errors = 0
         self.corrupt_values = 0
         self.reconnects = 0
@@ -48,7 +50,8 @@ class CacheStats:
 
     ``misses`` counts lookups that found nothing in L1 or L2; ``computes`` counts calls of a
     ``get_or_compute``/``cached`` function in this process; ``in_flight`` is how many run now;
-    ``lock_waits`` counts waits for another process's compute; ``reconnects`` counts
+    ``lock_waits`` counts waits for another process's compute; ``listener_waits`` counts L1
+    hits held back until a late invalidation listener caught up; ``reconnects`` counts
     invalidation-bus recoveries (each flushed L1); ``corrupt_values`` counts foreign or
     damaged L2 entries read as misses; ``redis_errors`` counts Redis calls that failed.
     """
@@ -62,6 +65,7 @@ class CacheStats:
     invalidations_sent: int
     invalidations_received: int
     lock_waits: int
+    listener_waits: int
     redis_errors: int
     corrupt_values: int
     reconnects: int

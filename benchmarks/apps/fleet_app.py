@@ -182,6 +182,7 @@ def _counts(proc: _Process) -> dict[str, int]:
         s = cache.stats()
         return {"l1_hits": s.l1_hits, "l2_hits": s.l2_hits, "misses": s.misses,
                 "computes": s.computes, "lock_waits": s.lock_waits, "promotions": s.promotions,
+                "listener_waits": s.listener_waits,
                 "invalidations_received": s.invalidations_received,
                 "redis_errors": s.redis_errors, "reconnects": s.reconnects}
     return dict(proc.counts)

@@ -8,8 +8,11 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
+
+from fleetcache import CacheConfig, FleetCache
 
 from ..servers import Server
 
@@ -163,3 +166,67 @@ def test_gevent_reads_during_a_paused_server_are_bounded_and_leak_nothing(
     assert result["all_default"], result
     assert result["recovered"] and result["value"] == "v", result
     assert result["leaked"] <= 0, result
+
+
+STARVED_SCRIPT = textwrap.dedent(
+    """
+    from gevent import monkey
+    monkey.patch_all()
+
+    import json, sys, time
+    from fleetcache import FleetCache
+
+    b = FleetCache.from_url(sys.argv[1], namespace=sys.argv[2])
+    assert b.connect(wait=5)
+    assert b.get("k") == 1                    # now in L1
+    print("ready", flush=True)
+    # A request greenlet serving L1 hits never yields: without the lease the listener
+    # greenlet would never run, and this loop would serve 1 until it ends (all three reads).
+    reads = [lambda: b.get("k"), lambda: b.get_or_compute("k", lambda: -1),
+             lambda: b.get_many(["k"]).get("k")]
+    last_old = first_new = None
+    end = time.monotonic() + float(sys.argv[3])
+    i = 0
+    while (now := time.monotonic()) < end:
+        i += 1
+        if reads[i % 3]() == 1:
+            last_old = now
+        elif first_new is None:
+            first_new = now
+    s = b.stats()
+    print(json.dumps({"last_old": last_old, "first_new": first_new,
+                      "listener_waits": s.listener_waits, "l1_hits": s.l1_hits}), flush=True)
+    b.close()
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_greenlet_that_never_yields_stops_serving_an_invalidated_value(
+    server: Server, namespace: str
+) -> None:
+    """The listener's lease: a hot loop of L1 hits starves the listener greenlet, so L1 is
+    trusted only ``max_listener_lag`` past its last renewal; then reads wait for it."""
+    writer = FleetCache.from_url(server.url, namespace=namespace)
+    writer.set("k", 1)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STARVED_SCRIPT, server.url, namespace, "1.5"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.4)
+        writer.set("k", 2)
+        written = time.monotonic()  # CLOCK_MONOTONIC is system-wide: comparable across processes
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        writer.close()
+    assert proc.returncode == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    lag = CacheConfig().max_listener_lag
+    assert result["first_new"] is not None, result
+    assert result["last_old"] < written + lag + 0.05, (result, written)
+    assert result["listener_waits"] > 0, result
+    assert result["l1_hits"] > 1000, result  # L1 still served between renewals

@@ -7,6 +7,7 @@ behave like two processes for everything tested here.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import uuid
@@ -342,3 +343,37 @@ def test_unreadable_notice_flushes_l1_and_logs_sparingly(
     assert sum("unreadable message" in r.getMessage() for r in caplog.records) == 2 * 3
     assert b.get("k") == "v"  # from L2 again
     assert b._process().bus.connected
+
+
+def test_the_idle_listener_keeps_renewing_l1s_lease(cache: FleetCache) -> None:
+    """Nothing to hear is not a starved listener: the lease stays ahead of the clock."""
+    lag = cache.config.max_listener_lag
+    cache.set("k", 1)
+    seen = set()
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        until = cache._l1.fresh_until
+        assert until - time.monotonic() <= lag
+        seen.add(until)
+        assert cache.get("k") == 1
+        time.sleep(lag / 5)
+    assert len(seen) >= 5  # renewed at every quarter of the lag, not just once
+    assert cache.stats().l1_hits > 0
+
+
+def test_a_down_bus_lifts_the_lease(own_server: Server) -> None:
+    """With no listener, degraded_l1_ttl bounds L1 instead: the lease must not also block it
+    (else every read during an outage would recompute)."""
+    cache = FleetCache.from_url(own_server.url, namespace="lease")
+    try:
+        assert cache.connect(wait=5.0)
+        assert cache._l1.fresh_until != math.inf
+        own_server.kill()
+        deadline = time.monotonic() + 5
+        while cache._l1.fresh_until != math.inf and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert cache._l1.fresh_until == math.inf
+        assert cache.get_or_compute("k", lambda: "computed") == "computed"
+        assert cache.get_or_compute("k", lambda: "again") == "computed"  # L1, degraded
+    finally:
+        cache.close()

@@ -287,3 +287,16 @@ def test_batch_promotion_refuses_only_the_keys_that_moved(clock: FakeClock) -> N
     assert store.store_many_if_unchanged([("a", 1, 10), ("b", 2, 10)], seq) == 1
     assert value_of(store, "a") == 1
     assert store.get("b") is None
+
+
+def test_hits_stop_when_the_listener_lease_runs_out(clock: FakeClock) -> None:
+    store = LocalStore(10)
+    store.store_if_unchanged("k", "v", 60, store.seq)
+    assert store.get("k") == ("v", clock.now + 60)  # no lease yet (bus never up): served
+    store.fresh_until = clock.now + 0.05
+    clock.advance(0.049)
+    assert store.get("k") is not None
+    clock.advance(0.002)
+    assert store.get("k") is None  # the entry lives on, but the listener may be behind
+    store.fresh_until = clock.now + 0.05
+    assert store.get("k") is not None

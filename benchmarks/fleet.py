@@ -45,6 +45,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tests.servers import free_port
+
 from . import harness as h
 
 NAME = "fleet"
@@ -85,7 +87,7 @@ def create_db(path: str, keys: int) -> None:
 @contextlib.contextmanager
 def gunicorn(variant: str, worker_class: str, url: str, tmp: str) -> Iterator[tuple[int, str]]:
     """Boot the app; yields (port, dump dir); on exit stops it (workers dump their logs)."""
-    port = h.free_port()
+    port = free_port()
     out = tempfile.mkdtemp(prefix=f"{variant}-", dir=tmp)
     db = os.path.join(out, "db.sqlite3")
     create_db(db, KEYS)

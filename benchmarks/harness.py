@@ -25,7 +25,6 @@ import platform
 import queue
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from typing import Any
 
 from fleetcache.embedded import find_server_binary
 from fleetcache.errors import FleetCacheError
+from tests.servers import Server as TestServer
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -74,54 +74,18 @@ def server_binary() -> str:
         raise SystemExit(f"cannot benchmark: {exc}") from exc
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
-class Server:
-    """A private server on 127.0.0.1:<free port>, no persistence; use as a context manager."""
+class Server(TestServer):
+    """The tests' private loopback server (free port, no persistence), as a context manager,
+    with what the benchmarks read off it."""
 
     binary: str = field(default_factory=server_binary)
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
+    extra: tuple[str, ...] = ("--maxclients", "10000", "--loglevel", "warning")
     workdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="fleetcache-bench-"))
 
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self, timeout: float = 10.0) -> Server:
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.workdir, "--maxclients", "10000",
-             "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.binary} exited with {self.proc.returncode}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.2
-            ) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(64).startswith(b"+PONG"):
-                    return self
-            time.sleep(0.02)
-        raise RuntimeError(f"{self.binary} did not answer on port {self.port}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.proc = None
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
     def __enter__(self) -> Server:
-        return self.start()
+        self.start()
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

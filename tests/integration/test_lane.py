@@ -29,16 +29,23 @@ def client(server: Server) -> Iterator[redis.Redis]:
     c.connection_pool.disconnect()
 
 
+@pytest.fixture
+def lane(client: redis.Redis, raw: redis.Redis, namespace: str) -> CommandLane:
+    """A lane whose one connection is named after the test (to find it in CLIENT LIST), with
+    ``{namespace}:k`` set to ``v``."""
+    lane = CommandLane(client.connection_pool, keep=4)
+    lane.execute("CLIENT", "SETNAME", namespace)
+    raw.set(f"{namespace}:k", b"v")
+    return lane
+
+
 def connections_named(raw: redis.Redis, name: str) -> int:
     return sum(1 for c in raw.client_list() if c.get("name") == name)
 
 
 def test_a_run_of_commands_uses_one_connection(
-    client: redis.Redis, raw: redis.Redis, namespace: str
+    lane: CommandLane, raw: redis.Redis, namespace: str
 ) -> None:
-    lane = CommandLane(client.connection_pool, keep=4)
-    raw.set(f"{namespace}:k", b"v")
-    lane.execute("CLIENT", "SETNAME", namespace)
     for _ in range(50):
         assert lane.execute("GET", f"{namespace}:k") == b"v"
     assert connections_named(raw, namespace) == 1
@@ -46,11 +53,8 @@ def test_a_run_of_commands_uses_one_connection(
 
 
 def test_a_timed_out_command_never_leaks_its_reply_to_the_next(
-    client: redis.Redis, raw: redis.Redis, namespace: str
+    lane: CommandLane, raw: redis.Redis, namespace: str
 ) -> None:
-    lane = CommandLane(client.connection_pool, keep=4)
-    raw.set(f"{namespace}:k", b"v")
-    lane.execute("GET", f"{namespace}:k")  # one idle connection, reused below
     with pytest.raises(redis.TimeoutError):
         lane.execute("BLPOP", f"{namespace}:q", "1")  # blocks past socket_timeout
     raw.rpush(f"{namespace}:q", b"late")  # would be the BLPOP's reply on a kept socket
@@ -60,10 +64,8 @@ def test_a_timed_out_command_never_leaks_its_reply_to_the_next(
 
 
 def test_an_error_reply_keeps_the_connection(
-    client: redis.Redis, raw: redis.Redis, namespace: str
+    lane: CommandLane, raw: redis.Redis, namespace: str
 ) -> None:
-    lane = CommandLane(client.connection_pool, keep=4)
-    lane.execute("CLIENT", "SETNAME", namespace)
     raw.set(f"{namespace}:s", b"text")
     with pytest.raises(redis.ResponseError):
         lane.execute("INCR", f"{namespace}:s")
@@ -83,11 +85,8 @@ def test_noscript_falls_back_to_eval_and_reloads(
 
 
 def test_a_killed_connection_is_replaced_by_the_retry(
-    client: redis.Redis, raw: redis.Redis, namespace: str
+    lane: CommandLane, raw: redis.Redis, namespace: str
 ) -> None:
-    lane = CommandLane(client.connection_pool, keep=4)
-    raw.set(f"{namespace}:k", b"v")
-    lane.execute("CLIENT", "SETNAME", namespace)
     raw.client_kill_filter(_type="normal", skipme=True)
     assert lane.execute("GET", f"{namespace}:k") == b"v"
 

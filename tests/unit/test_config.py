@@ -23,7 +23,7 @@ URL = "redis://127.0.0.1:1/0"
 DURATIONS = (
     "l1_ttl", "default_ttl", "socket_timeout", "connect_timeout", "pool_timeout",
     "stream_timeout_margin", "lock_timeout", "health_check_interval", "health_check_timeout",
-    "degraded_l1_ttl", "reconnect_backoff",
+    "degraded_l1_ttl", "max_listener_lag", "reconnect_backoff",
 )
 POSITIVE_INTS = ("l1_capacity", "stream_maxlen", "max_connections", "max_value_bytes",
                  "max_key_length")

@@ -175,6 +175,10 @@ def _tiers(before: dict[int, dict[str, Any]], after: dict[int, dict[str, Any]]) 
     lookups = sum(sums.values())
     out: dict[str, Any] = {"lookups": lookups, "workers_seen": len(after),
                            "complete": set(before) == set(after) and len(after) == WORKERS}
+    for k in ("reconnects", "listener_waits", "lock_waits", "invalidations_received"):
+        if any(k in row for row in after.values()):  # fleetcache's own counters
+            out[k] = sum(row.get(k, 0) - before.get(pid, {}).get(k, 0)
+                         for pid, row in after.items())
     for k, v in sums.items():
         out[k.replace("_hits", "") + "_rate" if k != "misses" else "miss_rate"] = (
             v / lookups if lookups else None)
@@ -331,7 +335,10 @@ def stale_reads(docs: list[dict[str, Any]], t0: float, t1: float,
                 if done[-1][1] == v or (own and own[0] <= t < own[1]):
                     order += 1  # a newer update finished, then this older one (or is landing)
                     continue
-                since = newer[0] if newer else commits[next(n for n in range(i) if best[n] > v)]
+                # If v's own update landed after newer ones (write order), the cache rightly
+                # held v until the next newer update after it: the lag starts there.
+                after_own = [tw for tw in newer if own is not None and tw > own[1]]
+                since = after_own[0] if after_own else newer[0]
             else:
                 since = commits[next(n for n in range(i) if best[n] > v)]
             age = t - since

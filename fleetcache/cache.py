@@ -148,16 +148,21 @@ class FleetCache:
             entry = self._l1_get(key)
         except TypeError:  # unhashable key: let the slow path name the problem
             entry = None
-        if entry is not None and entry[1] > (now := monotonic()) and (
-            now < self._l1.fresh_until or (entry := self._late_hit(key)) is not None
-        ):
+        if entry is not None and entry[1] > monotonic() < self._l1.fresh_until:
             self._counters.l1_hits += 1
             return entry[0]
         return self._get_slow(key, default)
 
     def _late_hit(self, key: str) -> Entry | None:
-        """L1's lease ran out (the listener is late): wait for it to catch up, look again."""
-        return self._l1.get(key) if self._await_listener() else None
+        """A live L1 entry held back only by the listener's lease (the listener is late):
+        wait for it to catch up, then look again. None if there is no such entry."""
+        entry = self._l1.data.get(key)
+        if entry is None or entry[1] <= monotonic() or not self._await_listener():
+            return None
+        entry = self._l1.get(key)
+        if entry is not None:
+            self._counters.l1_hits += 1
+        return entry
 
     def _await_listener(self) -> bool:
         """Wait up to ``max_listener_lag`` for the listener to renew L1's lease.
@@ -173,6 +178,9 @@ class FleetCache:
 
     def _get_slow(self, key: str, default: Any) -> Any:
         self._check_key(key)
+        entry = self._late_hit(key)
+        if entry is not None:
+            return entry[0]
         proc = self._process()
         seq = self._l1.seq
         try:
@@ -417,12 +425,13 @@ class FleetCache:
             entry = self._l1_get(key)
         except TypeError:  # unhashable key: _check_key names the problem
             entry = None
-        if entry is not None and entry[1] > (now := monotonic()) and (
-            now < self._l1.fresh_until or (entry := self._late_hit(key)) is not None
-        ):
+        if entry is not None and entry[1] > monotonic() < self._l1.fresh_until:
             self._counters.l1_hits += 1
             return entry[0]  # type: ignore[no-any-return]
         self._check_key(key)
+        entry = self._late_hit(key)
+        if entry is not None:
+            return entry[0]  # type: ignore[no-any-return]
         seconds = self._resolve_ttl(ttl, strategy)
         proc = self._process()
         with proc.flights.hold(key):

@@ -156,7 +156,7 @@ class FleetCache:
     def _late_hit(self, key: str) -> Entry | None:
         """A live L1 entry held back only by the listener's lease (the listener is late):
         wait for it to catch up, then look again. None if there is no such entry."""
-        entry = self._l1.data.get(key)
+        entry = self._l1_get(key)
         if entry is None or entry[1] <= monotonic() or not self._await_listener():
             return None
         entry = self._l1.get(key)

@@ -44,8 +44,8 @@ class CacheConfig:
         degraded_l1_ttl: L1 life of entries stored while the bus is down (bounds staleness).
         max_listener_lag: L1 serves only while the listener has drained every notice that
             reached it until at most this long ago; past it (the listener starved of CPU by
-            busy greenlets or threads) reads go to Redis until it catches up. The idle
-            listener wakes every half of it to say so.
+            busy greenlets or threads) a read waits up to this long again for the listener,
+            then goes to Redis. The idle listener wakes every quarter of it to renew.
         reconnect_backoff: the longest pause between listener reconnect attempts.
         max_value_bytes: encoded values above this raise ``ValueTooLargeError``.
         max_key_length: keys longer than this (in characters) raise ``InvalidKeyError``.

@@ -56,7 +56,7 @@ class LocalStore:
     def get(self, key: str) -> Entry | None:
         """The live entry for ``key``, or None (expired entries are left for the writers)."""
         entry = self.data.get(key)
-        if entry is not None and entry[1] > (now := monotonic()) and now < self.fresh_until:
+        if entry is not None and entry[1] > monotonic() < self.fresh_until:
             return entry
         return None
 

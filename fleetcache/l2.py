@@ -11,9 +11,9 @@ redis-py twice the CPU (five replies), which a CPU-bound worker pays on every wr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -23,8 +23,6 @@ from .config import CacheConfig
 from .errors import BackendError, BackendUnavailableError
 from .lane import CommandLane
 from .locks import FleetLock
-
-T = TypeVar("T")
 
 _UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
 
@@ -258,11 +256,6 @@ class RedisStore:
                 deleted += self.client.unlink(*keys)
             self.client.publish(self.channel, message)
         return deleted
-
-    def call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run any client call with errors mapped (used by streams and health)."""
-        with mapped_errors(what):
-            return fn()
 
 
 def _glob_escape(text: str) -> str:

@@ -157,7 +157,9 @@ class FleetCache:
         """A live L1 entry held back only by the listener's lease (the listener is late):
         wait for it to catch up, then look again. None if there is no such entry."""
         entry = self._l1_get(key)
-        if entry is None or entry[1] <= monotonic() or not self._await_listener():
+        if entry is None or entry[1] <= (now := monotonic()):
+            return None
+        if now >= self._l1.fresh_until and not self._await_listener():
             return None
         entry = self._l1.get(key)
         if entry is not None:
@@ -201,18 +203,24 @@ class FleetCache:
         cold: list[str] = []
         l1_get = self._l1_get
         now = monotonic()
-        if now >= self._l1.fresh_until and self._await_listener():
-            now = monotonic()
-        fresh = now < self._l1.fresh_until
+        fresh_until = self._l1.fresh_until
         for key in keys:
             self._check_key(key)
             entry = l1_get(key)
-            if entry is not None and entry[1] > now and fresh:
+            if entry is not None and entry[1] > now < fresh_until:
                 found[key] = entry[0]
             else:
                 cold.append(key)
         counters = self._counters
         counters.l1_hits += len(keys) - len(cold)
+        if cold and now >= fresh_until:  # some may be held back only by a late listener
+            held, cold = cold, []
+            for key in held:
+                entry = self._late_hit(key)  # waits once at most: then the lease is fresh
+                if entry is not None:
+                    found[key] = entry[0]
+                else:
+                    cold.append(key)
         if not cold:
             return found
         proc = self._process()

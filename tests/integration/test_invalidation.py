@@ -377,3 +377,14 @@ def test_a_down_bus_lifts_the_lease(own_server: Server) -> None:
         assert cache.get_or_compute("k", lambda: "again") == "computed"  # L1, degraded
     finally:
         cache.close()
+
+
+def test_get_many_waits_for_a_late_listener_only_for_keys_it_holds(cache: FleetCache) -> None:
+    """Cold keys go straight to Redis: only a live L1 entry is worth waiting for."""
+    cache.set("held", 1)
+    cache._l1.fresh_until = 0.0  # as if the listener had fallen behind
+    assert cache.get_many(["cold1", "cold2"]) == {}
+    assert cache.stats().listener_waits == 0
+    cache._l1.fresh_until = 0.0
+    assert cache.get_many(["held", "cold1"]) == {"held": 1}
+    assert cache.stats().listener_waits == 1  # one wait for the held key, then a fresh lease

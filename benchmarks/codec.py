@@ -43,7 +43,7 @@ BATCH = {"small": 1000, "medium": 50, "large": 1}
 def codecs() -> dict[str, tuple[Callable[[Any], bytes], Callable[[bytes], Any]]]:
     import msgspec
 
-    from fleetcache.codec import Codec
+    from fleetcache.core.codec import Codec
 
     mp_enc, mp_dec = msgspec.msgpack.Encoder().encode, msgspec.msgpack.Decoder().decode
     js_enc, js_dec = msgspec.json.Encoder().encode, msgspec.json.Decoder().decode

@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fleetcache.embedded import find_server_binary
-from fleetcache.errors import FleetCacheError
+from fleetcache.core.errors import FleetCacheError
+from fleetcache.server.embedded import find_server_binary
 from tests.servers import Server as TestServer
 
 ROOT = Path(__file__).resolve().parent.parent

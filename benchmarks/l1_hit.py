@@ -3,7 +3,7 @@
 Peers: a plain dict (the floor), cachetools.TTLCache, theine, a dogpile.cache memory region
 and cachelib.SimpleCache. fleetcache is measured through its public ``FleetCache.get`` (and
 the ``get_or_compute`` hit). Its L1 writes are measured on its L1 store
-(``fleetcache.l1.LocalStore.store_if_unchanged``, the promotion every L2 hit does; ``set``
+(``fleetcache.core.l1.LocalStore.store_if_unchanged``, the promotion every L2 hit does; ``set``
 stores the same way after its Redis round trip, which l2_hit measures).
 
 A sample is a batch of calls over 1,000 resident keys (one call is shorter than a timer
@@ -124,7 +124,7 @@ def _eviction_inserters() -> dict[str, Callable[[], Inserter]]:
     import cachetools
     import theine
 
-    from fleetcache.l1 import LocalStore
+    from fleetcache.core.l1 import LocalStore
 
     td = dt.timedelta(seconds=TTL)
     filler = [f"fill:{i}" for i in range(CAPACITY)]

@@ -85,7 +85,7 @@ def _fill_redis(url: str, ns: str, n: int) -> int:
     """The values in fleetcache's format (its codec), 1,000 SETs per pipeline."""
     import redis
 
-    from fleetcache.codec import Codec
+    from fleetcache.core.codec import Codec
 
     codec = Codec(16 * 1024 * 1024)
     r = redis.Redis.from_url(url)

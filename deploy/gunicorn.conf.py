@@ -1,6 +1,6 @@
 """gunicorn settings for the fleetcache demo app (every value overridable from the env).
 
-    gunicorn -c deploy/gunicorn.conf.py deploy.app:app
+    gunicorn -c deploy/gunicorn.conf.py fleetcache.cli.demo_app:app
 
 With FLEETCACHE_REDIS_URL unset (or "embedded") the master starts a private server on a
 unix socket (fleetcache.gunicorn.on_starting) and stops it on exit.

@@ -2,12 +2,16 @@
 
 Every worker keeps a bounded L1; writes and deletes drop the key from every worker's L1
 through Redis pub/sub; cold keys are computed once per fleet. See README.md.
+
+The public names are re-exported here; the layers behind them are ``fleetcache.core``
+(policies), ``fleetcache.redis`` (the Redis side), ``fleetcache.integrations``,
+``fleetcache.server`` (the embedded server), ``fleetcache.cli`` and ``fleetcache.testing``.
 """
 
-from .cache import FleetCache
-from .config import CacheConfig
-from .decorator import CachedFunction
-from .errors import (
+from .core.clock import Clock, SystemClock
+from .core.config import CacheConfig
+from .core.decorator import CachedFunction
+from .core.errors import (
     BackendError,
     BackendUnavailableError,
     CacheClosedError,
@@ -19,9 +23,11 @@ from .errors import (
     ValueEncodeError,
     ValueTooLargeError,
 )
-from .stats import CacheStats, Health
-from .strategy import CacheStrategy
-from .streams import StreamEntry
+from .core.front import FleetCache
+from .core.stats import CacheStats, Health
+from .core.strategy import CacheStrategy
+from .redis.keys import KeyLayout
+from .redis.streams import StreamEntry
 
 __all__ = [
     "BackendError",
@@ -31,6 +37,7 @@ __all__ = [
     "CacheStats",
     "CacheStrategy",
     "CachedFunction",
+    "Clock",
     "ConfigError",
     "CorruptValueError",
     "FleetCache",
@@ -38,9 +45,11 @@ __all__ = [
     "Health",
     "InvalidArgumentError",
     "InvalidKeyError",
+    "KeyLayout",
     "StreamEntry",
+    "SystemClock",
     "ValueEncodeError",
     "ValueTooLargeError",
 ]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"

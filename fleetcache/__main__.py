@@ -1,7 +1,7 @@
-"""``python -m fleetcache demo``."""
+"""``python -m fleetcache``: the same CLI as the ``fleetcache`` command."""
 
 import sys
 
-from .demo import main
+from .cli import main
 
 sys.exit(main())

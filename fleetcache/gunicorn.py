@@ -1,86 +1,10 @@
-"""gunicorn server hooks: import them into ``gunicorn.conf.py`` as they are.
+"""``fleetcache.gunicorn``: the documented import path of :mod:`fleetcache.integrations.gunicorn`.
 
-    from fleetcache.gunicorn import on_starting, post_fork, post_worker_init, worker_exit, on_exit
-
-* ``on_starting`` (master): with no Redis URL configured (``FLEETCACHE_REDIS_URL`` and
-  ``REDIS_URL`` unset, or ``embedded``), start a private server on a unix socket and export
-  its URL, so the workers forked later find it in their environment.
-* ``post_fork`` (worker): connections and listener are reset by fleetcache's at-fork handler
-  already; for thread-based workers the listener is started now, eagerly. gevent workers
-  monkey-patch *after* ``post_fork``, so their listener must wait for ``post_worker_init``:
-  a socket or thread made before patching would block the hub.
-* ``post_worker_init`` (worker, app loaded, gevent patched): connect every cache.
-* ``worker_exit`` (worker): stop listeners and close connections cleanly.
-* ``on_exit`` (master): stop the embedded server.
-
-Without any hook, caches still work: they connect lazily on first use after fork.
+gunicorn looks hooks up by name in the config module, so ``gunicorn -c
+python:fleetcache.gunicorn`` (or ``from fleetcache.gunicorn import ...`` in a
+``gunicorn.conf.py``) picks up exactly these five.
 """
 
-from __future__ import annotations
+from .integrations.gunicorn import on_exit, on_starting, post_fork, post_worker_init, worker_exit
 
-import logging
-import os
-from typing import Any
-
-from . import _fork
-from .cache import FleetCache
-from .embedded import EmbeddedServer
-
-logger = logging.getLogger("fleetcache")
-
-_server: EmbeddedServer | None = None
-
-
-def _caches() -> list[FleetCache]:
-    return [obj for obj in _fork.live() if isinstance(obj, FleetCache)]
-
-
-def _is_gevent_worker(worker: Any) -> bool:
-    return any(cls.__module__.startswith("gunicorn.workers.ggevent")
-               for cls in type(worker).__mro__)
-
-
-def _connect_all() -> None:
-    for cache in _caches():
-        try:
-            cache.connect()
-        except Exception:  # a bad URL must not kill the worker; requests will report it
-            logger.exception("fleetcache: could not connect %r", cache)
-
-
-def on_starting(server: Any) -> None:
-    """Start the embedded server when no Redis URL is configured."""
-    global _server
-    url = os.environ.get("FLEETCACHE_REDIS_URL") or os.environ.get("REDIS_URL")
-    if url and url != "embedded":
-        return
-    _server = EmbeddedServer()
-    os.environ["FLEETCACHE_REDIS_URL"] = _server.start()
-    logger.info("fleetcache: embedded server %s (pid %s) on %s", _server.binary, _server.pid,
-                _server.socket_path)
-
-
-def post_fork(server: Any, worker: Any) -> None:
-    """Start listeners now for thread-based workers; gevent workers wait for patching."""
-    if not _is_gevent_worker(worker):
-        _connect_all()
-
-
-def post_worker_init(worker: Any) -> None:
-    """Connect every cache once the app is loaded (and gevent has patched)."""
-    _connect_all()
-
-
-def worker_exit(server: Any, worker: Any) -> None:
-    """Close every cache of the exiting worker."""
-    for cache in _caches():
-        cache.close()
-
-
-def on_exit(server: Any) -> None:
-    """Stop the embedded server, if this master started one."""
-    global _server
-    if _server is not None:
-        _server.stop()
-        _server = None
-        os.environ.pop("FLEETCACHE_REDIS_URL", None)
+__all__ = ["on_exit", "on_starting", "post_fork", "post_worker_init", "worker_exit"]

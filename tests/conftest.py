@@ -44,7 +44,7 @@ def make_cache(server: Server, namespace: str) -> Iterator[object]:
 
     def factory(**options: object) -> FleetCache:
         options.setdefault("namespace", namespace)
-        cache = FleetCache.from_url(server.url, **options)  # type: ignore[arg-type]
+        cache = FleetCache(url=server.url, **options)
         made.append(cache)
         return cache
 
@@ -75,7 +75,7 @@ def pair(make_cache: Callable[..., FleetCache]) -> tuple[FleetCache, FleetCache]
     a, b = make_cache(), make_cache()
     assert a.connect(wait=5.0)
     assert b.connect(wait=5.0)
-    assert a._process().bus.sender_id != b._process().bus.sender_id
+    assert a._tiers.process().bus.sender_id != b._tiers.process().bus.sender_id
     return a, b
 
 

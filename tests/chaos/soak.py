@@ -183,11 +183,11 @@ def _worker(job: _Job) -> None:
         if not job.go.wait(30):
             raise RuntimeError("never told to go")
         cache = FleetCache.from_url(f"redis://127.0.0.1:{job.port.value}/0", namespace=job.ns)
-        if job.sabotage:
-            # Negative control: a listener that drops every invalidation on the floor.
-            cache._on_remote_invalidation = lambda key: None  # type: ignore[method-assign]
         if not cache.connect(wait=10.0):
             raise RuntimeError("bus not subscribed within 10 s")
+        if job.sabotage:
+            # Negative control: a listener that drops every invalidation on the floor.
+            cache._tiers.process().bus._on_key = lambda key: None  # type: ignore[attr-defined]
         raw = redis.Redis.from_url(job.direct_url, socket_timeout=5)
         job.barrier.wait(30)
         records = _work(job, cache, raw)

@@ -307,7 +307,7 @@ def _watch(
     others: list[Any] = []
     while True:
         start = monotonic()
-        bus = victim._proc.bus if victim._proc else None
+        bus = victim._tiers.current.bus if victim._tiers.current else None
         if down_at is None and bus is not None and not bus.connected:
             down_at = start  # looked before the get: a get after the flush may take 0.25 s
         value = victim.get(key, ABSENT)

@@ -1,10 +1,11 @@
-"""A real gunicorn fleet running deploy/app.py, for the fleet tests.
+"""A real gunicorn fleet running the demo app (fleetcache/cli/demo_app.py), for the fleet tests.
 
-:func:`gunicorn_fleet` boots ``gunicorn -c deploy/gunicorn.conf.py deploy.app:app`` from the
-repository root on a free loopback port with 4 workers, waits until every worker answers
-``/health`` with ok, and on exit stops the master (SIGTERM, SIGKILL after a deadline) and
-checks that no process it ever saw under the master is still running. Whatever is left is
-SIGKILLed before the check fails: a leaked gunicorn or server would break every later test.
+:func:`gunicorn_fleet` boots ``gunicorn -c deploy/gunicorn.conf.py
+fleetcache.cli.demo_app:app`` from the repository root on a free loopback port with 4 workers,
+waits until every worker answers ``/health`` with ok, and on exit stops the master (SIGTERM,
+SIGKILL after a deadline) and checks that no process it ever saw under the master is still
+running. Whatever is left is SIGKILLed before the check fails: a leaked gunicorn or server
+would break every later test.
 
 Processes are followed through ``/proc`` (Linux only), by pid *and* start time, so a
 recycled pid is never mistaken for one of ours.
@@ -349,7 +350,7 @@ def gunicorn_command() -> list[str]:
     # (parallel test runs, another checkout) would fight over it.
     if tuple(int(p) for p in version("gunicorn").split(".")[:2]) >= (25, 1):
         cmd.append("--no-control-socket")
-    return [*cmd, "deploy.app:app"]
+    return [*cmd, "fleetcache.cli.demo_app:app"]
 
 
 @contextlib.contextmanager

@@ -212,7 +212,7 @@ def test_recycled_workers_give_their_connections_back(
 
 def _first_use_of_demo_db(path: str, barrier: Any, results: Any) -> None:
     """In a forked child, like a fresh gunicorn worker: open the demo database."""
-    import deploy.app as demo
+    import fleetcache.cli.demo_app as demo
 
     demo.DB_PATH = path
     try:
@@ -226,11 +226,11 @@ def _first_use_of_demo_db(path: str, barrier: Any, results: Any) -> None:
 def test_demo_database_survives_concurrent_first_use(tmp_path: Path) -> None:
     """Workers booting together (or recycled) open the SQLite file at the same moment.
 
-    Found by the recycling test: deploy/app.py's ``_db()`` answered 500 "database is
+    Found by the recycling test: fleetcache/cli/demo_app.py's ``_db()`` answered 500 "database is
     locked" at ``PRAGMA journal_mode=WAL``, which SQLite fails at once (no busy handler)
     when another connection is opening the file; ``timeout=10`` does not cover it.
     """
-    import deploy.app  # noqa: F401 - imported once here, not in each of 160 children
+    import fleetcache.cli.demo_app  # noqa: F401 - imported once here, not in each of 160 children
 
     ctx = mp.get_context("fork")
     outcomes: list[str] = []

@@ -262,7 +262,7 @@ def fork_state(cache: FleetCache, key: str) -> dict[str, Any]:
 
 def identity(cache: FleetCache) -> dict[str, Any]:
     """Which connection, pool, listener and sender id this process's cache uses."""
-    proc = cache._proc
+    proc = cache._tiers.current
     assert proc is not None
     thread = proc.bus._thread
     return {

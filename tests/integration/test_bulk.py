@@ -52,9 +52,8 @@ def test_set_many_writes_all_and_drops_them_from_other_l1s(
 
 def test_set_many_applies_the_ttl(cache: FleetCache, raw: redis.Redis) -> None:
     cache.set_many({"a": 1, "b": 2}, ttl=30)
-    prefix = cache._process().l2.prefix
-    assert 29_000 < raw.pttl(prefix + "a") <= 30_000
-    assert 29_000 < raw.pttl(prefix + "b") <= 30_000
+    assert 29_000 < raw.pttl(cache.keys.value("a")) <= 30_000
+    assert 29_000 < raw.pttl(cache.keys.value("b")) <= 30_000
 
 
 @pytest.mark.parametrize(
@@ -70,7 +69,7 @@ def test_set_many_with_one_bad_item_writes_nothing(
     with pytest.raises(error):
         cache.set_many(mapping)
     assert cache.get("ok") == "before"
-    assert raw.get(cache._process().l2.prefix + "ok") is not None
+    assert raw.get(cache.keys.value("ok")) is not None
     assert cache.stats().invalidations_sent == 1
 
 
@@ -121,5 +120,5 @@ def test_a_list_notice_with_a_non_string_key_flushes_l1(
     a.set("k", "v")
     assert wait_until(lambda: b.get("k") == "v" and len(b._l1) == 1)
     bogus = msgspec.msgpack.encode([b"someone-else", ["ok", 7], False])
-    raw.publish(b._process().l2.channel, bogus)
+    raw.publish(b.keys.channel, bogus)
     assert wait_until(lambda: len(b._l1) == 0), "a notice B could not fully read was ignored"

@@ -20,7 +20,7 @@ import redis
 from flask import Flask
 from flask_caching import Cache
 
-import fleetcache.config
+import fleetcache.core.config
 from fleetcache import (
     BackendError,
     ConfigError,
@@ -42,7 +42,7 @@ def _no_url_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test may reach a server through the runner's environment or the 6379 default."""
     monkeypatch.delenv("FLEETCACHE_REDIS_URL", raising=False)
     monkeypatch.delenv("REDIS_URL", raising=False)
-    monkeypatch.setattr(fleetcache.config, "DEFAULT_URL", DEAD_URL)
+    monkeypatch.setattr(fleetcache.core.config, "DEFAULT_URL", DEAD_URL)
 
 
 @pytest.fixture
@@ -437,7 +437,25 @@ def test_a_key_prefix_that_is_no_namespace_is_refused_at_startup(
     make_cache: Callable[..., Cache],
 ) -> None:
     with pytest.raises(ConfigError, match="CACHE_KEY_PREFIX"):
-        make_cache(CACHE_KEY_PREFIX="shop:")
+        make_cache(CACHE_KEY_PREFIX="shop/eu")
+
+
+def test_a_key_prefix_ending_in_a_colon_names_the_namespace_without_it(
+    make_cache: Callable[..., Cache],
+) -> None:
+    """cachelib users write ``"shop:"``; fleetcache adds its own separators."""
+    assert backend_of(make_cache(CACHE_KEY_PREFIX="shop:")).cache.config.namespace == "shop"
+
+
+def test_cachelibs_key_prefix_keyword_is_the_namespace(server: Server) -> None:
+    """``cachelib.RedisCache(key_prefix=...)`` spelling; not together with namespace=."""
+    backend = FleetCacheBackend(url=server.url, key_prefix="test_prefix:")
+    try:
+        assert backend.cache.config.namespace == "test_prefix"
+        with pytest.raises(ConfigError, match="not both"):
+            FleetCacheBackend(url=server.url, key_prefix="a", namespace="b")
+    finally:
+        backend.close()
 
 
 def test_flask_cachings_default_key_prefix_becomes_the_namespace(server: Server) -> None:

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from fleetcache import FleetCache
-from fleetcache.embedded import EmbeddedServer
+from fleetcache.server.embedded import EmbeddedServer
 
 
 def _alive(pid: int) -> bool:
@@ -55,7 +55,7 @@ def test_no_tcp_port_is_opened() -> None:
 def test_server_dies_when_its_parent_is_sigkilled() -> None:
     script = (
         "import sys, time\n"
-        "from fleetcache.embedded import EmbeddedServer\n"
+        "from fleetcache.server.embedded import EmbeddedServer\n"
         "s = EmbeddedServer(); s.start(); print(s.pid, flush=True); time.sleep(60)\n"
     )
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)

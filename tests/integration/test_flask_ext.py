@@ -16,7 +16,7 @@ import pytest
 import redis
 from flask import Flask, abort, jsonify, request
 
-import fleetcache.config
+import fleetcache.core.config
 from fleetcache import CacheStrategy, ConfigError, FleetCache, InvalidArgumentError
 from fleetcache.flask import (
     EXTENSION_KEY,
@@ -36,7 +36,7 @@ def _no_url_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test may reach a server through the runner's environment or the 6379 default."""
     monkeypatch.delenv("FLEETCACHE_REDIS_URL", raising=False)
     monkeypatch.delenv("REDIS_URL", raising=False)
-    monkeypatch.setattr(fleetcache.config, "DEFAULT_URL", DEAD_URL)
+    monkeypatch.setattr(fleetcache.core.config, "DEFAULT_URL", DEAD_URL)
 
 
 @pytest.fixture

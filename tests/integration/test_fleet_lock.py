@@ -17,8 +17,9 @@ import redis
 from pottery import Redlock
 
 from fleetcache import FleetCache
-from fleetcache.l2 import RedisStore
-from fleetcache.locks import FleetLock
+from fleetcache.redis.keys import KeyLayout
+from fleetcache.redis.locks import FleetLock
+from fleetcache.redis.store import RedisStore
 
 from ..servers import Server
 
@@ -32,7 +33,7 @@ def client(server: Server) -> Iterator[redis.Redis]:
 
 def take(lock: FleetLock, client: redis.Redis, key: str = "k") -> bool:
     """Try ``lock`` the way get_or_compute does (on a namespace-free store)."""
-    value, won = RedisStore(client, "fl").fetch_or_lock(key, lock)
+    value, won = RedisStore(client, KeyLayout("fl")).fetch_or_lock(key, lock)
     assert value is None
     return won
 
@@ -54,7 +55,7 @@ def test_excludes_and_is_excluded_by_stock_pottery(client: redis.Redis, namespac
 def test_store_fill_releases_only_its_own_token(
     client: redis.Redis, namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = RedisStore(client, namespace)
+    store = RedisStore(client, KeyLayout(namespace))
     name = f"{namespace}:res"
     first = FleetLock(client, name, 0.05)
     assert take(first, client, namespace)
@@ -67,15 +68,15 @@ def test_store_fill_releases_only_its_own_token(
     assert second.locked() > 0  # the late release left the new holder's lock alone
     assert not store.store_fill("k", b"v2", 5000, second, b"notice")  # NX: v1 stays
     assert not client.exists(second.key)  # but the lock is released
-    assert client.get(store.data_key("k")) == b"v1"
+    assert client.get(store.keys.value("k")) == b"v1"
 
 
 def test_a_loser_makes_the_winner_announce_its_fill(
     client: redis.Redis, namespace: str
 ) -> None:
-    store = RedisStore(client, namespace)
+    store = RedisStore(client, KeyLayout(namespace))
     pubsub = client.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(store.channel)
+    pubsub.subscribe(store.keys.channel)
     winner = FleetLock(client, f"{namespace}:a", 5)
     assert store.fetch_or_lock("a", winner) == (None, True)
     assert store.store_fill("a", b"v", 5000, winner, b"nobody waits")

@@ -132,7 +132,7 @@ def test_invalidation_landing_during_an_l2_read_is_not_undone(
     """B's GET returns the old value, and A's notice is applied before B stores it in L1."""
     a, b = pair
     set_quietly(a, b, "k", "old")
-    proc = b._process()
+    proc = b._tiers.process()
     real = proc.l2
     raced: list[bool] = []
 
@@ -172,7 +172,7 @@ def test_in_process_write_during_an_l2_read_is_not_undone(
     """T1 holds the old L2 value while T2 (same cache) writes; T1 must not store it."""
     a, b = pair
     set_quietly(a, b, "k", "old")
-    proc = b._process()
+    proc = b._tiers.process()
     real = proc.l2
     fetched, written = threading.Event(), threading.Event()
     results: dict[str, Any] = {}
@@ -331,7 +331,7 @@ def test_unreadable_notice_flushes_l1_and_logs_sparingly(
     a, b = pair
     set_quietly(a, b, "k", "v")
     warm(b, "k", "v")
-    channel = b._process().l2.channel
+    channel = b.keys.channel
     with caplog.at_level(logging.WARNING, logger="fleetcache"):
         for _ in range(5):
             raw.publish(channel, b"\xc1 not msgpack")
@@ -342,7 +342,7 @@ def test_unreadable_notice_flushes_l1_and_logs_sparingly(
     # 5 messages, logged at the 1st, 2nd and 4th only, by each of A's and B's listeners
     assert sum("unreadable message" in r.getMessage() for r in caplog.records) == 2 * 3
     assert b.get("k") == "v"  # from L2 again
-    assert b._process().bus.connected
+    assert b.connect()
 
 
 def test_the_idle_listener_keeps_renewing_l1s_lease(cache: FleetCache) -> None:

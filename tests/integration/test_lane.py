@@ -15,9 +15,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from fleetcache.config import CacheConfig
-from fleetcache.l2 import make_client
-from fleetcache.lane import CommandLane
+from fleetcache.core.config import CacheConfig
+from fleetcache.redis.client import make_client
+from fleetcache.redis.lane import CommandLane
 
 from ..servers import Server
 

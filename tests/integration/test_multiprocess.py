@@ -137,7 +137,7 @@ def test_fork_of_a_used_instance(server: Server, namespace: str, make_cache: obj
     assert procs.hold(parent, key) == "before-fork"
     before = procs.identity(parent)
     assert before["listener_alive"]
-    channel = parent._proc.l2.channel  # type: ignore[union-attr]
+    channel = parent.keys.channel
     admin = redis.Redis.from_url(server.url)
     try:
         _await_numsub(admin, channel, 1)

@@ -93,7 +93,7 @@ def test_losing_the_bus_is_logged(
     cache = caches(own_server.url)
     assert cache.connect(wait=5.0)
     own_server.kill()
-    assert wait_until(lambda: not cache._process().bus.connected, 2.0)
+    assert wait_until(lambda: not cache.connect(), 2.0)
 
     def logged_down() -> bool:
         return any(r.name == "fleetcache" and "bus down" in r.getMessage()
@@ -139,7 +139,7 @@ def test_paused_server(own_server: Server, caches: Callable[..., FleetCache]) ->
 
         # The watchdog's PING gets no PONG: the bus is declared down and L1 flushed.
         def bus_down() -> bool:
-            return not cache._process().bus.connected
+            return not cache.connect()
 
         assert wait_until(bus_down, interval + timeout + 1.0 - (time.monotonic() - paused_at))
         assert not cache.health().bus_connected

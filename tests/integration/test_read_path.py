@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +10,7 @@ import pytest
 import redis
 
 from fleetcache import FleetCache
+from fleetcache.testing import FakeClock
 
 from ..waiting import wait_until
 
@@ -25,7 +25,7 @@ def set_on_a_quietly(a: FleetCache, b: FleetCache, key: str, value: Any, **kw: A
 
 
 def data_key(cache: FleetCache, key: str) -> str:
-    return cache._process().l2.data_key(key)
+    return cache.keys.value(key)
 
 
 def test_l2_hit_is_promoted_and_next_get_is_an_l1_hit(
@@ -54,19 +54,24 @@ def test_cold_get_with_nothing_anywhere_is_a_miss(cache: FleetCache) -> None:
     assert (s.misses, s.l2_hits, s.l1_hits, s.promotions) == (2, 0, 0, 0)
 
 
-def test_l1_never_outlives_the_l2_ttl(pair: tuple[FleetCache, FleetCache]) -> None:
-    a, b = pair  # l1_ttl is 300 s by default: only the L2 TTL can end B's L1 entry
-    set_at = time.monotonic()
-    set_on_a_quietly(a, b, "short", "lived", ttl=1)
+def test_l1_never_outlives_the_l2_ttl(make_cache: Callable[..., FleetCache]) -> None:
+    """On the clock seam: no sleep. l1_ttl is 300 s by default, so only the value's own
+    expiry (written into its envelope from the writer's clock) can end the L1 entries."""
+    clock = FakeClock()
+    a, b = make_cache(clock=clock), make_cache(clock=clock)
+    assert a.connect(wait=5.0) and b.connect(wait=5.0)
+    set_on_a_quietly(a, b, "short", "lived", ttl=10)
     assert b.get("short") == "lived"
     assert b.get("short") == "lived"
     assert b.stats().l1_hits == 1  # promoted into B's L1
 
-    time.sleep(max(0.0, set_at + 1.1 - time.monotonic()))
-    hits = b.stats().l1_hits
-    assert b.get("short", "gone") == "gone"
-    assert a.get("short", "gone") == "gone"  # the writer's own L1 too
-    assert b.stats().l1_hits == hits
+    clock.advance(9.9)
+    assert (a.get("short"), b.get("short")) == ("lived", "lived")
+    assert (a.stats().l1_hits, b.stats().l1_hits) == (1, 2)
+    clock.advance(0.1)  # at the L2 expiry: neither L1 serves it any more
+    a.get("short")
+    b.get("short")
+    assert (a.stats().l1_hits, b.stats().l1_hits) == (1, 2)
 
 
 def test_get_many_uses_l2_for_cold_keys(
@@ -102,7 +107,7 @@ def test_get_many_mixes_l1_hits_and_one_round_trip_for_the_rest(
     set_on_a_quietly(a, b, "cold", "c")
     assert b.get("warm") == "w"
     calls: list[list[str]] = []
-    proc = b._process()
+    proc = b._tiers.process()
     real = proc.l2
 
     class Spy:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import redis
 
 from fleetcache import ConfigError, FleetCache
-from fleetcache.codec import Codec
+from fleetcache.core.codec import Codec
 
 from ..servers import Server
 

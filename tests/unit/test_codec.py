@@ -18,7 +18,7 @@ from fleetcache import (
     ValueEncodeError,
     ValueTooLargeError,
 )
-from fleetcache.codec import Codec
+from fleetcache.core.codec import Codec
 
 EXPIRES = 1_700_000_000_123
 

@@ -15,7 +15,7 @@ from fleetcache import (
     FleetCacheError,
     InvalidArgumentError,
 )
-from fleetcache.config import DEFAULT_URL, redact_url
+from fleetcache.core.config import DEFAULT_URL, redact_url
 
 # Port 1 on loopback: nothing listens there, and nothing here ever connects anyway.
 URL = "redis://127.0.0.1:1/0"

@@ -6,28 +6,15 @@ from collections.abc import Callable
 
 import pytest
 
-import fleetcache.l1 as l1_module
-from fleetcache.l1 import LocalStore
-
-
-class FakeClock:
-    """A monotonic clock that only moves when the test says so."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+import fleetcache.core.l1 as l1_module
+from fleetcache.core.l1 import LocalStore
+from fleetcache.testing import FakeClock
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(l1_module, "monotonic", fake)
-    return fake
+def clock() -> FakeClock:
+    """The injected clock seam: monotonic readings start at 1000.0 and move on advance()."""
+    return FakeClock()
 
 
 def value_of(store: LocalStore, key: str) -> object:
@@ -40,7 +27,7 @@ def value_of(store: LocalStore, key: str) -> object:
 
 
 def test_entry_is_live_until_its_ttl_and_gone_at_it(clock: FakeClock) -> None:
-    store = LocalStore(10)
+    store = LocalStore(10, clock)
     store.put("k", "v", 5.0, store.seq)
     assert store.get("k") == ("v", 1005.0)
     clock.advance(4.999)
@@ -50,7 +37,7 @@ def test_entry_is_live_until_its_ttl_and_gone_at_it(clock: FakeClock) -> None:
 
 
 def test_each_entry_has_its_own_ttl(clock: FakeClock) -> None:
-    store = LocalStore(10)
+    store = LocalStore(10, clock)
     store.put("short", 1, 1.0, store.seq)
     store.put("long", 2, 10.0, store.seq)
     clock.advance(2.0)
@@ -59,7 +46,7 @@ def test_each_entry_has_its_own_ttl(clock: FakeClock) -> None:
 
 
 def test_promoted_entry_expires_too(clock: FakeClock) -> None:
-    store = LocalStore(10)
+    store = LocalStore(10, clock)
     assert store.store_if_unchanged("k", "v", 3.0, store.seq)
     assert value_of(store, "k") == "v"
     clock.advance(3.0)
@@ -67,7 +54,7 @@ def test_promoted_entry_expires_too(clock: FakeClock) -> None:
 
 
 def test_reput_restarts_the_ttl(clock: FakeClock) -> None:
-    store = LocalStore(10)
+    store = LocalStore(10, clock)
     store.put("k", "old", 5.0, store.seq)
     clock.advance(4.0)
     store.put("k", "new", 5.0, store.seq)
@@ -76,20 +63,20 @@ def test_reput_restarts_the_ttl(clock: FakeClock) -> None:
 
 
 def test_cached_none_is_a_live_entry_not_a_miss(clock: FakeClock) -> None:
-    store = LocalStore(10)
+    store = LocalStore(10, clock)
     store.put("k", None, 5.0, store.seq)
     assert store.get("k") == (None, 1005.0)
 
 
 def test_missing_key_is_none(clock: FakeClock) -> None:
-    assert LocalStore(10).get("nope") is None
+    assert LocalStore(10, clock).get("nope") is None
 
 
 # -- capacity --------------------------------------------------------------------------------
 
 
 def test_capacity_evicts_the_oldest_insertion_first(clock: FakeClock) -> None:
-    store = LocalStore(3)
+    store = LocalStore(3, clock)
     for key in ("a", "b", "c"):
         store.put(key, key.upper(), 60.0, store.seq)
     store.put("d", "D", 60.0, store.seq)
@@ -102,7 +89,7 @@ def test_capacity_evicts_the_oldest_insertion_first(clock: FakeClock) -> None:
 
 
 def test_promotion_respects_capacity(clock: FakeClock) -> None:
-    store = LocalStore(2)
+    store = LocalStore(2, clock)
     store.put("a", 1, 60.0, store.seq)
     store.put("b", 2, 60.0, store.seq)
     assert store.store_if_unchanged("c", 3, 60.0, store.seq)
@@ -112,7 +99,7 @@ def test_promotion_respects_capacity(clock: FakeClock) -> None:
 
 
 def test_reput_of_an_existing_key_at_capacity_evicts_nothing(clock: FakeClock) -> None:
-    store = LocalStore(2)
+    store = LocalStore(2, clock)
     store.put("a", 1, 60.0, store.seq)
     store.put("b", 2, 60.0, store.seq)
     store.put("a", 10, 60.0, store.seq)
@@ -126,7 +113,7 @@ def test_reput_of_an_existing_key_at_capacity_evicts_nothing(clock: FakeClock) -
 
 
 def test_capacity_one(clock: FakeClock) -> None:
-    store = LocalStore(1)
+    store = LocalStore(1, clock)
     store.put("a", 1, 60.0, store.seq)
     store.put("b", 2, 60.0, store.seq)
     assert store.get("a") is None
@@ -138,14 +125,14 @@ def test_capacity_one(clock: FakeClock) -> None:
 
 
 def test_put_bumps_seq(clock: FakeClock) -> None:
-    store = LocalStore(10)
+    store = LocalStore(10, clock)
     before = store.seq
     store.put("k", 1, 60.0, store.seq)
     assert store.seq > before
 
 
 def test_invalidate_bumps_seq_and_reports_presence(clock: FakeClock) -> None:
-    store = LocalStore(10)
+    store = LocalStore(10, clock)
     store.put("k", 1, 60.0, store.seq)
     before = store.seq
     assert store.invalidate("k") is True
@@ -158,7 +145,7 @@ def test_invalidate_bumps_seq_and_reports_presence(clock: FakeClock) -> None:
 
 
 def test_clear_bumps_seq_and_empties(clock: FakeClock) -> None:
-    store = LocalStore(10)
+    store = LocalStore(10, clock)
     store.put("a", 1, 60.0, store.seq)
     store.put("b", 2, 60.0, store.seq)
     before = store.seq
@@ -169,7 +156,7 @@ def test_clear_bumps_seq_and_empties(clock: FakeClock) -> None:
 
 
 def test_store_if_unchanged_stores_when_nothing_moved(clock: FakeClock) -> None:
-    store = LocalStore(10)
+    store = LocalStore(10, clock)
     seq = store.seq
     assert store.store_if_unchanged("k", "v", 60.0, seq) is True
     assert value_of(store, "k") == "v"
@@ -187,7 +174,7 @@ def test_store_if_unchanged_stores_when_nothing_moved(clock: FakeClock) -> None:
 def test_store_if_unchanged_refuses_after_a_move_of_its_key(
     clock: FakeClock, move: Callable[[LocalStore], object]
 ) -> None:
-    store = LocalStore(10)
+    store = LocalStore(10, clock)
     seq = store.seq  # noted before the (simulated) L2 read
     move(store)
     assert store.store_if_unchanged("k", "stale", 60.0, seq) is False
@@ -206,7 +193,7 @@ def test_store_if_unchanged_refuses_after_a_move_of_its_key(
 def test_a_move_of_another_key_does_not_void_a_promotion(
     clock: FakeClock, move: Callable[[LocalStore], object]
 ) -> None:
-    store = LocalStore(10)
+    store = LocalStore(10, clock)
     seq = store.seq
     move(store)
     assert store.store_if_unchanged("k", "v", 60.0, seq) is True
@@ -217,7 +204,7 @@ def test_forgetting_old_moves_refuses_every_read_noted_before(
     clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(l1_module, "_TOUCHED_LIMIT", 3)
-    store = LocalStore(10)
+    store = LocalStore(10, clock)
     early = store.seq
     for key in ("a", "b", "c", "d"):  # the 4th move drops the memory of the first 3
         store.invalidate(key)
@@ -228,7 +215,7 @@ def test_forgetting_old_moves_refuses_every_read_noted_before(
 
 
 def test_put_many_drops_only_the_keys_that_moved(clock: FakeClock) -> None:
-    store = LocalStore(10)
+    store = LocalStore(10, clock)
     seq = store.seq
     store.invalidate("b")  # a newer remote write of b landed before our reply
     assert store.put_many([("a", 1), ("b", 2)], 60.0, seq) == 1
@@ -237,7 +224,7 @@ def test_put_many_drops_only_the_keys_that_moved(clock: FakeClock) -> None:
 
 
 def test_refused_promotion_leaves_the_newer_write(clock: FakeClock) -> None:
-    store = LocalStore(10)
+    store = LocalStore(10, clock)
     seq = store.seq
     store.put("k", "new", 60.0, store.seq)
     assert not store.store_if_unchanged("k", "old", 60.0, seq)
@@ -245,7 +232,7 @@ def test_refused_promotion_leaves_the_newer_write(clock: FakeClock) -> None:
 
 
 def test_refused_promotion_does_not_evict(clock: FakeClock) -> None:
-    store = LocalStore(1)
+    store = LocalStore(1, clock)
     seq = store.seq
     store.put("a", 1, 60.0, store.seq)
     store.invalidate("b")
@@ -255,7 +242,7 @@ def test_refused_promotion_does_not_evict(clock: FakeClock) -> None:
 
 def test_put_after_a_move_drops_the_key_instead_of_storing(clock: FakeClock) -> None:
     """Our own write raced a newer one whose notice arrived first: keep neither."""
-    store = LocalStore(capacity=10)
+    store = LocalStore(capacity=10, clock=clock)
     store.put("k", "ours-old", 60.0, store.seq)
     seq = store.seq  # taken before our SET is sent
     store.invalidate("k")  # a newer write elsewhere, applied before our reply came back
@@ -268,7 +255,7 @@ def test_put_after_a_move_drops_the_key_instead_of_storing(clock: FakeClock) -> 
 def test_batch_promotion_stores_all_with_their_ttls_and_respects_capacity(
     clock: FakeClock,
 ) -> None:
-    store = LocalStore(capacity=3)
+    store = LocalStore(capacity=3, clock=clock)
     store.store_if_unchanged("old", "o", 60, store.seq)
     stored = store.store_many_if_unchanged([("a", 1, 10), ("b", 2, 20), ("c", 3, 30)],
                                            store.seq)
@@ -281,7 +268,7 @@ def test_batch_promotion_stores_all_with_their_ttls_and_respects_capacity(
 
 
 def test_batch_promotion_refuses_only_the_keys_that_moved(clock: FakeClock) -> None:
-    store = LocalStore(capacity=10)
+    store = LocalStore(capacity=10, clock=clock)
     seq = store.seq
     store.invalidate("b")
     assert store.store_many_if_unchanged([("a", 1, 10), ("b", 2, 10)], seq) == 1
@@ -290,13 +277,13 @@ def test_batch_promotion_refuses_only_the_keys_that_moved(clock: FakeClock) -> N
 
 
 def test_hits_stop_when_the_listener_lease_runs_out(clock: FakeClock) -> None:
-    store = LocalStore(10)
+    store = LocalStore(10, clock)
     store.store_if_unchanged("k", "v", 60, store.seq)
-    assert store.get("k") == ("v", clock.now + 60)  # no lease yet (bus never up): served
-    store.fresh_until = clock.now + 0.05
+    assert store.get("k") == ("v", clock.monotonic() + 60)  # no lease yet (bus never up): served
+    store.fresh_until = clock.monotonic() + 0.05
     clock.advance(0.049)
     assert store.get("k") is not None
     clock.advance(0.002)
     assert store.get("k") is None  # the entry lives on, but the listener may be behind
-    store.fresh_until = clock.now + 0.05
+    store.fresh_until = clock.monotonic() + 0.05
     assert store.get("k") is not None

@@ -6,7 +6,7 @@ import pytest
 import redis
 
 from fleetcache import BackendError, BackendUnavailableError
-from fleetcache.l2 import mapped_errors
+from fleetcache.redis.errors import mapped_errors
 
 
 def test_unreachable_maps_to_backend_unavailable() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from fleetcache.locks import KeyedLocks
+from fleetcache.core.keyed_locks import KeyedLocks
 
 
 def test_same_key_is_exclusive_and_other_keys_are_not() -> None:

@@ -11,10 +11,11 @@ the others (a global check refused 15-36% of a busy worker's promotions); past
 ``_TOUCHED_LIMIT`` keys the memory is dropped and counts as a flush for in-flight reads. A
 false "moved" only costs one extra L2 read later.
 
-``fresh_until`` is the listener's lease on L1 (monotonic clock): hits are served only before
-it. The invalidation listener pushes it forward each time it has drained its socket, so a
-listener starved of CPU stops L1 from serving values it may not have heard were replaced.
-While the bus is down it is infinite: entries then live ``degraded_l1_ttl`` instead.
+``fresh_until`` is the listener's lease on L1 (on the cache's monotonic clock): hits are
+served only before it. The invalidation listener pushes it forward each time it has drained
+its socket, so a listener starved of CPU stops L1 from serving values it may not have heard
+were replaced. While the bus is down it is infinite: entries then live ``degraded_l1_ttl``
+instead.
 
 Eviction is oldest-inserted first (FIFO): LRU would need a write on every hit.
 """
@@ -23,11 +24,10 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from collections import OrderedDict
 from typing import Any
 
-monotonic = time.monotonic
+from .clock import SYSTEM_CLOCK, Clock
 
 Entry = tuple[Any, float]  # (value, expires_at on the monotonic clock)
 
@@ -37,10 +37,12 @@ _TOUCHED_LIMIT = 4096  # keys whose last move is remembered; beyond that, a prom
 class LocalStore:
     """Bounded TTL store. ``data`` is read directly by the cache's hit path."""
 
-    __slots__ = ("_floor", "_lock", "_touched", "capacity", "data", "fresh_until", "seq")
+    __slots__ = ("_floor", "_lock", "_now", "_touched", "capacity", "data", "fresh_until",
+                 "seq")
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, clock: Clock = SYSTEM_CLOCK) -> None:
         self.capacity = capacity
+        self._now = clock.monotonic
         # OrderedDict: evicting the oldest is popitem(last=False), O(1); on a plain dict
         # del d[next(iter(d))] must skip the dead slots piling up at its front (~15x slower
         # at capacity). Lookups cost the same as on a dict.
@@ -56,7 +58,7 @@ class LocalStore:
     def get(self, key: str) -> Entry | None:
         """The live entry for ``key``, or None (expired entries are left for the writers)."""
         entry = self.data.get(key)
-        if entry is not None and entry[1] > monotonic() < self.fresh_until:
+        if entry is not None and entry[1] > self._now() < self.fresh_until:
             return entry
         return None
 
@@ -69,13 +71,13 @@ class LocalStore:
             if moved:
                 self.data.pop(key, None)
                 return False
-            self._insert(key, (value, monotonic() + ttl))
+            self._insert(key, (value, self._now() + ttl))
             return True
 
     def put_many(self, items: list[tuple[str, Any]], ttl: float, seq: int) -> int:
         """:meth:`put` for several keys under one lock; how many were stored."""
         with self._lock:
-            expires_at = monotonic() + ttl
+            expires_at = self._now() + ttl
             stored = 0
             for key, value in items:
                 moved = self._moved(key, seq)
@@ -93,7 +95,7 @@ class LocalStore:
         with self._lock:
             if self._moved(key, seq):
                 return False
-            self._insert(key, (value, monotonic() + ttl))
+            self._insert(key, (value, self._now() + ttl))
             return True
 
     def store_many_if_unchanged(
@@ -102,13 +104,17 @@ class LocalStore:
         """Promote ``(key, value, ttl)`` reads taken at ``seq`` under one lock and one clock
         read; how many were stored (those whose key did not move since)."""
         with self._lock:
-            now = monotonic()
+            now = self._now()
             stored = 0
             for key, value, ttl in items:
                 if not self._moved(key, seq):
                     self._insert(key, (value, now + ttl))
                     stored += 1
             return stored
+
+    def lease(self, until: float) -> None:
+        """Serve hits only before ``until`` (the listener's lease; see the module doc)."""
+        self.fresh_until = until
 
     def invalidate(self, key: str) -> bool:
         """Drop ``key``; True if it was present."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .config import check_seconds
+from .errors import InvalidArgumentError
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,3 +38,17 @@ CacheStrategy.REAL_TIME = CacheStrategy("REAL_TIME", 10.0)
 CacheStrategy.SHORT_TERM = CacheStrategy("SHORT_TERM", 300.0)
 CacheStrategy.MEDIUM_TERM = CacheStrategy("MEDIUM_TERM", 3600.0)
 CacheStrategy.LONG_TERM = CacheStrategy("LONG_TERM", 3 * 3600.0)
+
+
+def resolve_ttl(ttl: float | None, strategy: CacheStrategy | None) -> float | None:
+    """The seconds a call's ``ttl=`` or ``strategy=`` asks for (validated); None if it
+    gives neither (the caller's default applies)."""
+    if ttl is not None and strategy is not None:
+        raise InvalidArgumentError("give ttl or strategy, not both")
+    if strategy is not None:
+        if not isinstance(strategy, CacheStrategy):
+            raise InvalidArgumentError(f"strategy must be a CacheStrategy, got {strategy!r}")
+        return strategy.ttl
+    if ttl is None:
+        return None
+    return check_seconds("ttl", ttl)

@@ -11,12 +11,14 @@ import dataclasses
 import math
 import os
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from .errors import ConfigError, InvalidArgumentError
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
+EMBEDDED = "embedded"  # the URL that asks for a private server (fleetcache.server)
 
 _SCHEMES = ("redis://", "rediss://", "unix://")
 _MAX_TTL = 10 * 365 * 24 * 3600.0  # ten years: anything longer is a bug, not a TTL
@@ -140,6 +142,17 @@ def _well_formed(url: str) -> bool:
     return "@" not in parts.path + parts.query + parts.fragment
 
 
+def configured_url() -> str | None:
+    """The URL the environment names (``FLEETCACHE_REDIS_URL``, else ``REDIS_URL``); None
+    if it names none or asks for ``embedded`` (a private server someone must start)."""
+    url = _env_value()
+    return None if not url or url == EMBEDDED else url
+
+
+def _env_value() -> str | None:
+    return os.environ.get("FLEETCACHE_REDIS_URL") or os.environ.get("REDIS_URL")
+
+
 def env_url() -> str:
     """``FLEETCACHE_REDIS_URL``, else ``REDIS_URL``, else the local default.
 
@@ -147,13 +160,12 @@ def env_url() -> str:
     only :func:`fleetcache.gunicorn.on_starting` or ``fleetcache demo`` can start; by the
     time a worker connects they have replaced it with the server's URL.
     """
-    url = os.environ.get("FLEETCACHE_REDIS_URL") or os.environ.get("REDIS_URL") or DEFAULT_URL
-    if url == "embedded":
+    if _env_value() == EMBEDDED:
         raise ConfigError(
             "FLEETCACHE_REDIS_URL=embedded needs a process that starts the server: the "
             "gunicorn on_starting hook (fleetcache.gunicorn) or `fleetcache demo`"
         )
-    return url
+    return configured_url() or DEFAULT_URL
 
 
 def check_seconds(
@@ -172,3 +184,20 @@ def redact_url(url: str) -> str:
     # Up to the last "@" before the path: redis-py splits there, so "@" may be in a password.
     url = re.sub(r"(://[^:/@]*:).*@", r"\1***@", url)
     return re.sub(r"(password=)[^&]*", r"\1***", url)
+
+
+#: The name of every setting (a field of :class:`CacheConfig`).
+SETTINGS = frozenset(f.name for f in dataclasses.fields(CacheConfig))
+
+
+def check_setting_names(names: Iterable[str], *, shown: Callable[[str], str] = str) -> None:
+    """``ConfigError`` naming every unknown setting among ``names``, and the known ones.
+
+    A misspelt setting would otherwise silently run with the default (a misspelt namespace
+    shares, and ``clear()``s, another app's keys). ``shown`` spells a name the way the
+    caller's users write it (``FLEETCACHE_L1_TTL`` in a Flask config, say).
+    """
+    unknown = sorted(set(names) - SETTINGS)
+    if unknown:
+        raise ConfigError(f"unknown fleetcache settings {[shown(n) for n in unknown]}; "
+                          f"known: {sorted(shown(n) for n in SETTINGS)}")

@@ -1,8 +1,9 @@
-"""The Redis side: a pool with short timeouts, and the few commands the cache needs.
+"""The L2 store: the few commands the cache needs, each one round trip.
 
-Bytes in, bytes out: encoding lives in :mod:`fleetcache.codec`. Every redis-py error is
-mapped onto :class:`~fleetcache.errors.BackendError` (chained), so the front decides per
-operation whether to degrade (reads) or raise (writes).
+Bytes in, bytes out: encoding lives in :mod:`fleetcache.core.codec`, names in
+:mod:`fleetcache.redis.keys`. Every redis-py error is mapped onto
+:class:`~fleetcache.BackendError` (chained, :mod:`fleetcache.redis.errors`), so the front
+decides per operation whether to degrade (reads) or raise (writes).
 
 Every write is one Lua script that also publishes its notice: one round trip, atomic (never
 a new value without its notice), and one reply to parse. A MULTI/EXEC doing the same costs
@@ -12,19 +13,14 @@ redis-py twice the CPU (five replies), which a CPU-bound worker pays on every wr
 from __future__ import annotations
 
 from collections.abc import Sequence
-from types import TracebackType
 from typing import Any
 
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
-from .config import CacheConfig
-from .errors import BackendError, BackendUnavailableError
+from ..core.protocols import FillLock
+from .errors import mapped_errors
+from .keys import KeyLayout
 from .lane import CommandLane
-from .locks import FleetLock
-
-_UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 _DISCARD = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -83,76 +79,19 @@ return deleted
 """
 
 
-def make_client(config: CacheConfig) -> redis.Redis:
-    """A client on a blocking pool with bounded waits everywhere.
-
-    ``BlockingConnectionPool`` makes callers queue for ``pool_timeout`` instead of failing
-    at once when every connection is busy (many greenlets under gevent). Retries cover
-    connection errors only: retrying a timeout just doubles the wait on a stalled server.
-    """
-    retry = Retry(
-        ExponentialBackoff(cap=0.05, base=0.005),
-        config.retries,
-        supported_errors=(redis.ConnectionError,),
-    )
-    pool = redis.BlockingConnectionPool.from_url(
-        config.url,
-        max_connections=config.max_connections,
-        timeout=config.pool_timeout,
-        socket_timeout=config.socket_timeout,
-        socket_connect_timeout=config.connect_timeout,
-        retry=retry,
-        # RESP2 without client info: one round trip to set up a connection (plus AUTH)
-        # instead of four (HELLO, CLIENT MAINT_NOTIFICATIONS, 2x CLIENT SETINFO), each
-        # of which could take a full socket_timeout on a slow link.
-        protocol=2,
-        driver_info=None,
-    )
-    return redis.Redis(connection_pool=pool)
-
-
-class mapped_errors:  # lower case: used like the context-manager functions it replaced
-    """Turn redis-py errors into fleetcache's tree (the original kept as ``__cause__``).
-
-    A class, not ``@contextmanager``: the generator version cost ~6 us per L2 call.
-    """
-
-    __slots__ = ("_what",)
-
-    def __init__(self, what: str) -> None:
-        self._what = what
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        if exc is None:
-            return
-        if isinstance(exc, _UNAVAILABLE):
-            raise BackendUnavailableError(f"{self._what}: Redis unreachable: {exc}") from exc
-        if isinstance(exc, redis.RedisError):
-            # redis-py prefixes pipeline errors with the whole command, binary payload
-            # included: keep only Redis's own reason.
-            reason = str(exc).rpartition(" of pipeline caused error: ")[2]
-            raise BackendError(f"{self._what}: {reason}") from exc
-
-
 class RedisStore:
-    """The cache's Redis commands, all under one namespace."""
+    """The cache's Redis commands, every name taken from one :class:`KeyLayout`."""
 
     __slots__ = ("_delete", "_discard", "_fetch_or_lock", "_lane", "_set", "_set_many",
-                 "_store_fill", "channel", "client", "prefix", "waiters_prefix")
+                 "_store_fill", "client", "keys")
 
-    def __init__(self, client: redis.Redis, namespace: str) -> None:
+    def __init__(self, client: redis.Redis, keys: KeyLayout) -> None:
         self.client = client
+        self.keys = keys
         pool = client.connection_pool
-        # Hot commands skip redis-py's per-command pool checkout (see fleetcache.lane); at
-        # most half the pool idles in the lane, the rest serves streams and the bus.
+        # Hot commands skip redis-py's per-command pool checkout (see fleetcache.redis.lane);
+        # at most half the pool idles in the lane, the rest serves streams and the bus.
         self._lane = CommandLane(pool, keep=max(1, pool.max_connections // 2))
-        self.prefix = f"{namespace}:v:"
-        self.waiters_prefix = f"{namespace}:w:"
-        self.channel = f"{namespace}:inv"
         # redis-py's Script: its SHA and text (the lane runs EVALSHA, EVAL on NOSCRIPT).
         self._discard = client.register_script(_DISCARD)
         self._fetch_or_lock = client.register_script(_FETCH_OR_LOCK)
@@ -170,42 +109,39 @@ class RedisStore:
         with mapped_errors("PING"):
             self._lane.execute("PING")
 
-    def data_key(self, key: str) -> str:
-        """The Redis key holding ``key``'s value."""
-        return self.prefix + key
-
     def get(self, key: str) -> bytes | None:
         """One GET."""
         with mapped_errors("GET"):
-            return self._lane.execute("GET", self.prefix + key)  # type: ignore[no-any-return]
+            return self._lane.execute("GET", self.keys.value(key))  # type: ignore[no-any-return]
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         """One MGET for many keys."""
+        value = self.keys.value
         with mapped_errors("MGET"):
             return self._lane.execute(  # type: ignore[no-any-return]
-                "MGET", *[self.prefix + k for k in keys])
+                "MGET", *[value(k) for k in keys])
 
-    def get_and_check_lock(self, key: str, lock_key: str) -> tuple[bytes | None, bytes | None]:
-        """The value and the lock's holder token (None: free), in one MGET round trip."""
+    def get_and_check_lock(self, key: str) -> tuple[bytes | None, bytes | None]:
+        """The value and its fill lock's holder token (None: free), in one MGET."""
         with mapped_errors("MGET"):
-            blob, holder = self._lane.execute("MGET", self.prefix + key, lock_key)
+            blob, holder = self._lane.execute("MGET", self.keys.value(key), self.keys.lock(key))
         return blob, holder
 
-    def fetch_or_lock(self, key: str, lock: FleetLock) -> tuple[bytes | None, bool]:
+    def fetch_or_lock(self, key: str, lock: FillLock) -> tuple[bytes | None, bool]:
         """The value of ``key``; if there is none, try ``lock``: (value, won), one script.
 
         A loser is noted as waiting, so the winner announces its fill (see store_fill).
         """
         with mapped_errors("GET"):
             value, won = self._lane.run_script(
-                self._fetch_or_lock, [self.prefix + key, lock.key, self.waiters_prefix + key],
+                self._fetch_or_lock, [self.keys.value(key), lock.key, self.keys.waiters(key)],
                 [lock.token, lock.ttl_ms])
         return value, bool(won)
 
     def discard(self, key: str, blob: bytes) -> bool:
         """Delete ``key`` only if it still holds ``blob`` (compare-and-delete, one script)."""
         with mapped_errors("discard"):
-            return bool(self._lane.run_script(self._discard, [self.prefix + key], [blob]))
+            return bool(self._lane.run_script(self._discard, [self.keys.value(key)], [blob]))
 
     def set_and_publish(
         self, key: str, blob: bytes, ttl_ms: int, message: bytes, *, only_if_absent: bool = False
@@ -213,18 +149,18 @@ class RedisStore:
         """SET (NX for ``add``) and, if stored, PUBLISH ``message``; False if NX lost."""
         with mapped_errors("SET"):
             return bool(self._lane.run_script(
-                self._set, [self.prefix + key],
-                [blob, ttl_ms, self.channel, message, "NX" if only_if_absent else ""]))
+                self._set, [self.keys.value(key)],
+                [blob, ttl_ms, self.keys.channel, message, "NX" if only_if_absent else ""]))
 
     def store_fill(
-        self, key: str, blob: bytes, ttl_ms: int, lock: FleetLock, message: bytes
+        self, key: str, blob: bytes, ttl_ms: int, lock: FillLock, message: bytes
     ) -> bool:
         """Store a computed value (SET NX), release ``lock``, and send ``message`` (a fill
         notice) if anyone waits; True if stored."""
         with mapped_errors("SET"):
             stored, released = self._lane.run_script(
-                self._store_fill, [self.prefix + key, lock.key, self.waiters_prefix + key],
-                [blob, ttl_ms, lock.token, self.channel, message])
+                self._store_fill, [self.keys.value(key), lock.key, self.keys.waiters(key)],
+                [blob, ttl_ms, lock.token, self.keys.channel, message])
         lock.released(released)
         return bool(stored)
 
@@ -232,29 +168,33 @@ class RedisStore:
         self, blobs: Sequence[tuple[str, bytes]], ttl_ms: int, message: bytes
     ) -> None:
         """SET every ``(key, blob)`` and PUBLISH one ``message`` naming them all, atomically."""
+        value = self.keys.value
         with mapped_errors("SET"):
-            self._lane.run_script(self._set_many, [self.prefix + key for key, _ in blobs],
-                                  [ttl_ms, self.channel, message, *(blob for _, blob in blobs)])
+            self._lane.run_script(self._set_many, [value(key) for key, _ in blobs],
+                                  [ttl_ms, self.keys.channel, message,
+                                   *(blob for _, blob in blobs)])
 
     def delete_and_publish(self, keys: Sequence[str], message: bytes) -> int:
         """DEL ``keys`` and PUBLISH ``message`` atomically; how many existed."""
+        value = self.keys.value
         with mapped_errors("DEL"):
-            return int(self._lane.run_script(self._delete, [self.prefix + key for key in keys],
-                                             [self.channel, message]))
+            return int(self._lane.run_script(self._delete, [value(key) for key in keys],
+                                             [self.keys.channel, message]))
 
     def clear_and_publish(self, message: bytes, batch: int = 500) -> int:
         """Delete every value of this namespace (SCAN, never KEYS), then announce a flush."""
         deleted = 0
+        pattern = _glob_escape(self.keys.value_prefix) + "*"
         with mapped_errors("clear"):
-            keys: list[Any] = []
-            for found in self.client.scan_iter(match=_glob_escape(self.prefix) + "*", count=batch):
-                keys.append(found)
-                if len(keys) >= batch:
-                    deleted += self.client.unlink(*keys)
-                    keys.clear()
-            if keys:
-                deleted += self.client.unlink(*keys)
-            self.client.publish(self.channel, message)
+            found: list[Any] = []
+            for name in self.client.scan_iter(match=pattern, count=batch):
+                found.append(name)
+                if len(found) >= batch:
+                    deleted += self.client.unlink(*found)
+                    found.clear()
+            if found:
+                deleted += self.client.unlink(*found)
+            self.client.publish(self.keys.channel, message)
         return deleted
 
 

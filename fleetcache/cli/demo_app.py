@@ -1,4 +1,7 @@
-"""A small real Flask app on fleetcache: a slow "database" behind get_or_compute.
+"""The demo app: a small real Flask app on fleetcache, a slow "database" behind get_or_compute.
+
+``fleetcache demo`` runs it under gunicorn; so do the fleet tests and deploy/'s Dockerfile
+(``gunicorn -c deploy/gunicorn.conf.py fleetcache.cli.demo_app:app``).
 
 Endpoints:
   GET  /product/<id>       the product, cached (fleetcache L1 -> L2 -> database)

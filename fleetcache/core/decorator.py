@@ -11,7 +11,7 @@ from .codec import Codec, culprit
 from .errors import ValueEncodeError
 
 if TYPE_CHECKING:
-    from .cache import FleetCache
+    from .front import FleetCache
     from .strategy import CacheStrategy
 
 P = ParamSpec("P")

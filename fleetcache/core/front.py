@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ParamSpec, TypeVar, overload
 
 import redis
@@ -24,7 +24,7 @@ from . import fork
 from .clock import SYSTEM_CLOCK, Clock
 from .codec import Codec
 from .config import CacheConfig
-from .decorator import CachedFunction
+from .decorator import CachedFunction, default_prefix
 from .errors import BackendError
 from .readpath import ReadPath
 from .singleflight import SingleFlight
@@ -74,7 +74,8 @@ class FleetCache:
         self._config = config
         self._client = None if client is None else check_client(client)
         self._clock = SYSTEM_CLOCK if clock is None else clock
-        self._codec = Codec(config.max_value_bytes, config.signing_key_bytes)
+        self._codec = Codec(config.max_value_bytes, config.signing_key_bytes,
+                            strict_types=config.strict_types)
         self._keys = KeyLayout(config.namespace)
         self._closed = False
         self._reset_process_state()
@@ -165,8 +166,9 @@ class FleetCache:
             return entry[0]
         return self._reads.get(key, default)
 
-    def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
-        """The found values of ``keys`` (missing keys absent), with one MGET for the L1 misses."""
+    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """The found values of ``keys`` (any iterable of keys, not a lone str; missing keys
+        absent), with one MGET for the L1 misses."""
         return self._reads.get_many(keys)
 
     # -- writes ----------------------------------------------------------------------------
@@ -204,11 +206,26 @@ class FleetCache:
         """
         self._writes.set_many(mapping, ttl, strategy)
 
+    def incr(
+        self, key: str, delta: int = 1, *, ttl: float | None = None,
+        strategy: CacheStrategy | None = None,
+    ) -> int:
+        """Add ``delta`` to the int stored under ``key`` (absent counts as 0); the new value.
+
+        Atomic across the fleet (compare-and-set in Redis; concurrent increments are never
+        lost) and announced like :meth:`set`. Without ``ttl``/``strategy`` an existing
+        entry keeps its expiry (a new one gets ``default_ttl``). Raises
+        ``InvalidArgumentError`` if the key holds something other than an int,
+        ``ValueEncodeError`` past 64 bits, and ``BackendError`` when Redis cannot be read
+        or written: unlike :meth:`get`, it never reads an outage as "absent".
+        """
+        return self._writes.incr(key, delta, ttl, strategy)
+
     def delete(self, key: str) -> bool:
         """Remove ``key`` from L2 and from every process's L1; True if it existed in L2."""
         return self._writes.delete(key)
 
-    def delete_many(self, keys: Sequence[str]) -> int:
+    def delete_many(self, keys: Iterable[str]) -> int:
         """:meth:`delete` for many keys in one round trip, with one notice; how many existed."""
         return self._writes.delete_many(keys)
 
@@ -253,13 +270,15 @@ class FleetCache:
     ) -> Callable[[Callable[P, T]], CachedFunction[P, T]]:
         """Decorator: cache a function's result under a key built from its name and args.
 
-        Arguments must be MessagePack-encodable. The wrapper has ``.key(*args, **kw)`` and
-        ``.invalidate(*args, **kw)``.
+        Arguments must be MessagePack-encodable (any dict keys; a tuple, a list and a set
+        are different arguments). Lambdas and closures need ``key_prefix``. The
+        wrapper has ``.key(*args, **kw)`` and ``.invalidate(*args, **kw)``, and works on
+        methods (``self`` is not part of the key).
         """
         resolve_ttl(ttl, strategy)  # fail at decoration time, not on first call
 
         def decorate(fn: Callable[P, T]) -> CachedFunction[P, T]:
-            prefix = key_prefix or f"fn:{fn.__module__}.{fn.__qualname__}"
+            prefix = key_prefix or default_prefix(fn)
             return CachedFunction(self, fn, prefix, ttl, strategy)
 
         return decorate

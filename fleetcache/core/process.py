@@ -15,12 +15,14 @@ import redis
 from ..redis.bus import InvalidationBus
 from ..redis.client import make_client
 from ..redis.keys import KeyLayout
+from ..redis.lane import CommandLane
 from ..redis.locks import FleetLock
 from ..redis.store import RedisStore
 from ..redis.streams import Streams
 from .clock import Clock
 from .codec import Codec
 from .config import CacheConfig
+from .flights import WAIT_SLACK, Flights
 from .keyed_locks import KeyedLocks
 from .protocols import Bus, FillLock, L2Store
 from .stats import Counters
@@ -43,14 +45,20 @@ class ProcessState:
         self.client = make_client(config) if client is None else client
         self._lock_timeout = config.lock_timeout
         self._keys = keys
-        self.l2: L2Store = RedisStore(self.client, keys)
-        self.streams = Streams(self.client, keys, config.stream_timeout_margin)
-        self.flights = KeyedLocks()  # coalesces computes of one key
+        pool = self.client.connection_pool
+        # Hot commands skip redis-py's per-command pool checkout (fleetcache.redis.lane); at
+        # most half the pool idles there, and blocking stream reads borrow those first.
+        lane = CommandLane(pool, keep=max(1, pool.max_connections // 2))
+        self.l2: L2Store = RedisStore(self.client, keys, lane,
+                                      fill_lease_ms=int(config.fill_lease * 1000))
+        self.streams = Streams(self.client, keys, lane, config.stream_timeout_margin)
+        # One compute of a key at a time in this process, its outcome shared.
+        self.flights = Flights(patience=config.lock_timeout + WAIT_SLACK)
         self.writes = KeyedLocks()  # orders this process's writes of one key
         self.waiters: dict[str, threading.Event] = {}
         self.bus: Bus = InvalidationBus(
             self.client, channel=keys.channel, codec=codec, config=config, clock=clock,
-            counters=counters, on_key=on_invalidate, on_fill=self.wake_waiter,
+            counters=counters, on_key=on_invalidate,
             on_flush=on_flush, on_lease=on_lease,
         )
         self.bus.start()

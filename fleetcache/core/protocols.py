@@ -7,12 +7,21 @@ an implementation in without monkeypatching. The Redis implementations live in
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from typing import Protocol
 
 from .clock import Clock
 
-__all__ = ["Bus", "Clock", "FillLock", "L2Store"]
+__all__ = ["Bus", "Clock", "FillLock", "FillOutcome", "L2Store"]
+
+
+class FillOutcome(enum.Enum):
+    """What became of a fill's value."""
+
+    STORED = "stored"
+    BEATEN = "beaten"  # L2 held a value already (a set() or another fill came first)
+    REVOKED = "revoked"  # a write of the key during the compute, or past fill_timeout
 
 
 class FillLock(Protocol):
@@ -33,12 +42,12 @@ class FillLock(Protocol):
         """Auto-release time: how long a dead holder blocks the key."""
         ...
 
-    def release(self) -> None:
-        """Release now (a compute failed); problems are logged, never raised."""
-        ...
-
     def released(self, reply: int) -> None:
         """Take the reply of a release done inside another command (0: it had expired)."""
+        ...
+
+    def release_failed(self, exc: BaseException) -> None:
+        """A release Redis did not answer: logged (the lock expires by itself)."""
         ...
 
 
@@ -57,7 +66,10 @@ class L2Store(Protocol):
     def set_and_publish(self, key: str, blob: bytes, ttl_ms: int, message: bytes, *,
                         only_if_absent: bool = False) -> bool: ...
     def store_fill(self, key: str, blob: bytes, ttl_ms: int, lock: FillLock,
-                   message: bytes) -> bool: ...
+                   message: bytes) -> FillOutcome: ...
+    def abandon_fill(self, key: str, lock: FillLock) -> None: ...
+    def check_and_set(self, key: str, expected: bytes | None, blob: bytes, ttl_ms: int,
+                      message: bytes) -> bool: ...
     def set_many_and_publish(self, blobs: Sequence[tuple[str, bytes]], ttl_ms: int,
                              message: bytes) -> None: ...
     def delete_and_publish(self, keys: Sequence[str], message: bytes) -> int: ...
@@ -74,7 +86,7 @@ class Bus(Protocol):
         """Subscribed now (else L1 entries live only ``degraded_l1_ttl``)."""
         ...
 
-    def message(self, key: str | list[str] | None, *, filled: bool = False) -> bytes:
+    def message(self, key: str | list[str] | None) -> bytes:
         """The notice for ``key`` (a list: several; None: flush everything)."""
         ...
 

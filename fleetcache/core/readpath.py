@@ -7,7 +7,7 @@ raise for Redis trouble: an unreachable server or a corrupt entry is a miss, cou
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from .errors import BackendError
@@ -71,9 +71,10 @@ class ReadPath:
         tiers.counters.l2_hits += 1
         return value
 
-    def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
+    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """:meth:`FleetCache.get_many`: L1 first, one MGET for the rest."""
         tiers = self._tiers
+        keys = tiers.key_list(keys)
         l1 = tiers.l1
         found: dict[str, Any] = {}
         cold: list[str] = []
@@ -81,7 +82,6 @@ class ReadPath:
         now = tiers.clock.monotonic()
         fresh_until = l1.fresh_until
         for key in keys:
-            tiers.check_key(key)
             entry = l1_get(key)
             if entry is not None and entry[1] > now < fresh_until:
                 found[key] = entry[0]

@@ -1,11 +1,18 @@
 """Single-flight: a cold key is computed once per fleet, whoever asks for it.
 
-Two levels. Threads (or greenlets) of one process share one in-process lock per key
-(:mod:`fleetcache.core.keyed_locks`); processes share one fleet lock per key
-(:class:`~fleetcache.core.protocols.FillLock`, pottery's Redlock format), tried without
-blocking inside the same script that found the value missing. Losers wait for the *value*:
-woken by the winner's fill notice, polling L2 with backoff as a fallback. If the winner
-dies, its lock expires after ``lock_timeout`` and a waiter takes over.
+Two levels. Threads (or greenlets) of one process join one in-process flight per key
+(:mod:`fleetcache.core.flights`) and share its outcome, value or exception; processes share
+one fleet lock per key (:class:`~fleetcache.core.protocols.FillLock`, pottery's Redlock
+format), tried without blocking inside the same script that found the value missing.
+Losers wait for the *value*: woken by the winner's notice, polling L2 with backoff as a
+fallback. If the winner dies, its lock expires after ``lock_timeout`` and a waiter takes
+over; if it finishes without a value (its compute raised, or a write revoked its fill), the
+processes that waited for it compute at once, in parallel, instead of queueing for the lock
+one after another.
+
+The winner's fill carries a lease (:mod:`fleetcache.redis.store`): a write of the key during
+the compute revokes it, and the computed value then reaches its caller but is not stored,
+so a delete is never undone by a compute that read the old data.
 
 Deadlines of waits run on the real monotonic clock, not the injected one: a frozen fake
 clock must not make a waiter wait forever.
@@ -19,9 +26,10 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .errors import BackendError
+from .errors import BackendError, ValueEncodeError, ValueTooLargeError
+from .flights import NO_VALUE, WAIT_SLACK, Flight
 from .process import ProcessState
-from .protocols import FillLock
+from .protocols import FillLock, FillOutcome
 from .tiers import MISSING, Tiers
 
 logger = logging.getLogger("fleetcache")
@@ -30,7 +38,7 @@ T = TypeVar("T")
 
 _TIMED_OUT: Any = object()
 _WAIT_FIRST = 0.001  # first poll of a waiter; doubles up to _WAIT_CAP
-_WAIT_CAP = 0.05
+_WAIT_CAP = WAIT_SLACK / 2
 
 
 class SingleFlight:
@@ -43,21 +51,50 @@ class SingleFlight:
 
     def get_or_compute(self, key: str, compute: Callable[[], T], ttl: float) -> T:
         """The value of ``key`` from L1 (filled meanwhile), L2, or one compute per fleet."""
+        proc = self._tiers.process()
+        flight, leader = proc.flights.join(key)  # raises for a compute asking for its own key
+        while not leader:
+            if not flight.wait():
+                flight, leader = proc.flights.take_over(key, flight)
+                if leader:
+                    logger.warning("fleetcache: waited lock_timeout for this process's "
+                                   "compute of %r; one more compute takes over", key)
+            elif flight.error is not None:
+                raise flight.error
+            elif flight.value is not NO_VALUE:
+                self._tiers.counters.l1_hits += 1  # served from this process, as L1 is
+                return flight.value  # type: ignore[no-any-return]
+            else:  # the leader was interrupted (a killed greenlet): start afresh
+                flight, leader = proc.flights.join(key)
+        return self._lead(proc, flight, key, compute, ttl)
+
+    def _lead(self, proc: ProcessState, flight: Flight, key: str, compute: Callable[[], T],
+              ttl: float) -> T:
         tiers = self._tiers
-        proc = tiers.process()
-        with proc.flights.hold(key):
-            entry = tiers.l1.get(key)  # filled by the thread we waited for?
+        value: Any = NO_VALUE
+        error: BaseException | None = None
+        try:
+            entry = tiers.l1.get(key)  # filled by a flight that landed just before ours?
             if entry is not None:
                 tiers.counters.l1_hits += 1
-                return entry[0]  # type: ignore[no-any-return]
-            return self._fill(proc, key, compute, ttl)
+                value = entry[0]
+            else:
+                value = self._fill(proc, flight, key, compute, ttl)
+            return value  # type: ignore[no-any-return]
+        except Exception as exc:
+            error = exc
+            raise
+        finally:
+            proc.flights.land(key, flight, value, error)
 
-    def _fill(self, proc: ProcessState, key: str, compute: Callable[[], T], ttl: float) -> T:
+    def _fill(self, proc: ProcessState, flight: Flight, key: str, compute: Callable[[], T],
+              ttl: float) -> T:
         tiers = self._tiers
         # A holder that dies lets its lock expire after lock_timeout and a waiter takes over;
         # a chain of holders (each dying) is waited out at most this long in total.
         give_up = time.monotonic() + 3 * tiers.config.lock_timeout
         first = True  # only the first look at L2 counts as this lookup's hit or miss
+        waited = False  # a holder we waited for finished without a value
         while True:
             lock = proc.fill_lock(key)
             seq = tiers.l1.seq
@@ -65,7 +102,7 @@ class SingleFlight:
                 blob, won = proc.l2.fetch_or_lock(key, lock)
             except BackendError as exc:  # Redis down: compute here, cache in L1 only
                 tiers.read_failed(exc)
-                return self._compute_unlocked(key, compute, ttl)
+                return self._compute_unlocked(flight, key, compute, ttl)
             value = MISSING if won else tiers.accept(key, blob, seq)
             if first:
                 if value is MISSING:
@@ -74,6 +111,7 @@ class SingleFlight:
                     tiers.counters.l2_hits += 1
                 first = False
             if won:
+                flight.progressed()
                 return self._compute_locked(proc, lock, key, compute, ttl, seq=seq)
             if value is not MISSING:
                 return value  # type: ignore[no-any-return]
@@ -84,38 +122,48 @@ class SingleFlight:
                     proc.l2.discard(key, blob)
                 except BackendError as exc:
                     tiers.read_failed(exc)
-                    return self._compute_unlocked(key, compute, ttl)
+                    return self._compute_unlocked(flight, key, compute, ttl)
                 continue
+            if waited:
+                # Another waiter took the lock the failed holder left: do not queue behind
+                # it too; compute now, in parallel (at most once per waiting process).
+                return self._compute_unlocked(flight, key, compute, ttl)
+            flight.progressed()  # waiting for another process's holder is bounded too
             value = self._wait_for_value(proc, key, give_up)
             if value is _TIMED_OUT:
                 logger.warning("fleetcache: the fleet lock for %r outlived lock_timeout; "
                                "computing without it", key)
-                return self._compute_unlocked(key, compute, ttl)
+                return self._compute_unlocked(flight, key, compute, ttl)
             if value is not MISSING:
                 return value  # type: ignore[no-any-return]
-            # The lock is free (holder done without storing, or dead): try to take it.
+            waited = True  # the lock is free and there is no value: try to take it once
 
     def _compute_locked(
         self, proc: ProcessState, lock: FillLock, key: str, compute: Callable[[], T],
         ttl: float, *, seq: int,
     ) -> T:
-        """Holding the fleet lock, taken when L2 had no value (atomically, at ``seq``)."""
+        """Holding the fleet lock and a fill lease, taken when L2 had no value (at ``seq``)."""
         released = False
         try:
+            started = time.monotonic()
             value = self._run(compute)
-            released = self._store_computed(proc, lock, key, value, ttl, seq=seq)
-            return value
+            released, served = self._store_computed(proc, lock, key, value, ttl, seq=seq,
+                                                    started=started)
+            return served  # type: ignore[no-any-return]
         finally:
             if not released:
-                lock.release()
+                proc.l2.abandon_fill(key, lock)
 
-    def _compute_unlocked(self, key: str, compute: Callable[[], T], ttl: float) -> T:
-        """Degraded path: compute without the fleet lock; keep the value in L1 only."""
+    def _compute_unlocked(self, flight: Flight, key: str, compute: Callable[[], T],
+                          ttl: float) -> T:
+        """Compute without the fleet lock (Redis down, or a wait given up); keep the value in
+        this process's L1 only."""
+        flight.progressed()
         tiers = self._tiers
         seq = tiers.l1.seq
-        value = self._run(compute)
+        value = self._readable(key, self._run(compute), ttl)
         tiers.l1.store_if_unchanged(key, value, min(ttl, tiers.l1_ttl()), seq)
-        return value
+        return value  # type: ignore[no-any-return]
 
     def _run(self, compute: Callable[[], T]) -> T:
         counters = self._tiers.counters
@@ -126,34 +174,66 @@ class SingleFlight:
         finally:
             counters.in_flight -= 1
 
+    def _readable(self, key: str, value: Any, ttl: float) -> Any:
+        """What every reader would decode from ``value``'s bytes (the raw value if it cannot
+        be encoded: see :meth:`_uncacheable`)."""
+        try:
+            return self._tiers.encode(key, value, ttl)[1]
+        except (ValueEncodeError, ValueTooLargeError) as exc:
+            self._uncacheable(key, exc)
+            return value
+
+    def _uncacheable(self, key: str, exc: Exception) -> None:
+        """A computed value msgspec cannot encode (or over ``max_value_bytes``): it is
+        returned and kept in this process's L1 only, so it is computed once per process per
+        ``l1_ttl``, not on every call; the fleet never sees it."""
+        counters = self._tiers.counters
+        counters.uncacheable_values += 1
+        if counters.uncacheable_values & (counters.uncacheable_values - 1) == 0:
+            logger.warning("fleetcache: the computed value of %r cannot be cached in Redis "
+                           "(%s); kept in this process's L1 only (%d so far)", key, exc,
+                           counters.uncacheable_values)
+
     def _store_computed(
         self, proc: ProcessState, lock: FillLock, key: str, value: Any, ttl: float, *,
-        seq: int,
-    ) -> bool:
-        """Store (SET NX), release ``lock`` and wake waiters, in one script; True if it ran.
+        seq: int, started: float,
+    ) -> tuple[bool, Any]:
+        """Store under the lease, release ``lock`` and notify, in one script.
 
-        A failure to store is logged; the computed value is still returned to the caller.
+        Returns (whether the lock was handled, the value to hand out). The value reaches
+        the caller whatever happens to the store; a failure to store is logged.
         """
         tiers = self._tiers
-        blob = tiers.encode(key, value, ttl)
         try:
-            # NX: a set() that landed during the compute is newer than what we computed.
-            stored = proc.l2.store_fill(key, blob, int(ttl * 1000), lock,
-                                        proc.bus.message(key, filled=True))
+            blob, served = tiers.encode(key, value, ttl)
+        except (ValueEncodeError, ValueTooLargeError) as exc:
+            self._uncacheable(key, exc)
+            tiers.l1.store_if_unchanged(key, value, min(ttl, tiers.l1_ttl()), seq)
+            return False, value
+        try:
+            outcome = proc.l2.store_fill(key, blob, int(ttl * 1000), lock, proc.bus.message(key))
         except BackendError as exc:
             tiers.read_failed(exc)
-            return False
-        if stored:
-            tiers.l1.store_if_unchanged(key, value, min(ttl, tiers.l1_ttl()), seq)
-        return True
+            return False, served
+        if outcome is FillOutcome.STORED:
+            tiers.l1.store_if_unchanged(key, served, min(ttl, tiers.l1_ttl()), seq)
+        elif outcome is FillOutcome.REVOKED:
+            tiers.counters.fills_revoked += 1
+            took = time.monotonic() - started
+            logger.debug("fleetcache: computed %r not stored: %s", key,
+                         f"the compute took {took:.1f} s, over fill_timeout"
+                         if took >= tiers.config.fill_lease else
+                         "the key was written or deleted during the compute")
+        return True, served
 
     def _wait_for_value(self, proc: ProcessState, key: str, give_up: float) -> Any:
         """Wait for another process's compute.
 
         Returns the value; MISSING once the lock is free (or Redis failed); _TIMED_OUT when
         one holder kept the lock past its auto-release time (plus two polls), or at
-        ``give_up``. Woken by the winner's fill notice; polls value and lock together in one
-        MGET with backoff, as a fallback for a lost notice.
+        ``give_up``. Woken by the notice of any write of the key (the winner's fill
+        included); polls value and lock together in one MGET with backoff, as a fallback
+        for a lost notice.
         """
         tiers = self._tiers
         tiers.counters.lock_waits += 1
@@ -174,7 +254,7 @@ class SingleFlight:
                 now = time.monotonic()
                 if current != holder:  # a new holder: its lock expires within lock_timeout
                     holder = current
-                    deadline = min(give_up, now + tiers.config.lock_timeout + 2 * _WAIT_CAP)
+                    deadline = min(give_up, now + tiers.config.lock_timeout + WAIT_SLACK)
                 if now >= deadline:
                     return _TIMED_OUT
         except BackendError as exc:

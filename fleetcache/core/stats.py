@@ -5,45 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 
-class Counters:
-    """Mutable counters owned by one cache in one process; reset in a forked child.
-
-    Increments are not locked: under the GIL a rare lost increment is the price of keeping
-    the hit path free of locks. They are statistics, not accounting.
-    """
-
-    __slots__ = (
-        "computes",
-        "corrupt_values",
-        "in_flight",
-        "invalidations_received",
-        "invalidations_sent",
-        "l1_hits",
-        "l2_hits",
-        "listener_waits",
-        "lock_waits",
-        "misses",
-        "promotions",
-        "reconnects",
-        "redis_errors",
-    )
-
-    def __init__(self) -> None:
-        self.l1_hits = 0
-        self.l2_hits = 0
-        self.misses = 0
-        self.promotions = 0
-        self.computes = 0
-        self.in_flight = 0
-        self.invalidations_sent = 0
-        self.invalidations_received = 0
-        self.lock_waits = 0
-        self.listener_waits = 0
-        self.redis_errors = 0
-        self.corrupt_values = 0
-        self.reconnects = 0
-
-
 @dataclass(frozen=True, slots=True)
 class CacheStats:
     """A snapshot of one process's counters (see :meth:`FleetCache.stats`).
@@ -53,7 +14,10 @@ class CacheStats:
     ``lock_waits`` counts waits for another process's compute; ``listener_waits`` counts L1
     hits held back until a late invalidation listener caught up; ``reconnects`` counts
     invalidation-bus recoveries (each flushed L1); ``corrupt_values`` counts foreign or
-    damaged L2 entries read as misses; ``redis_errors`` counts Redis calls that failed.
+    damaged L2 entries read as misses; ``redis_errors`` counts Redis calls that failed;
+    ``fills_revoked`` counts computed values not stored because the key was written during
+    the compute (or it ran past ``fill_timeout``); ``uncacheable_values`` counts computed
+    values that could not be encoded and were kept in this process's L1 only.
     """
 
     l1_hits: int
@@ -69,6 +33,8 @@ class CacheStats:
     redis_errors: int
     corrupt_values: int
     reconnects: int
+    fills_revoked: int
+    uncacheable_values: int
 
     @property
     def lookups(self) -> int:
@@ -85,6 +51,32 @@ class CacheStats:
     def of(cls, counters: Counters) -> CacheStats:
         """Copy the live counters."""
         return cls(**{f.name: getattr(counters, f.name) for f in fields(cls)})
+
+
+@dataclass(slots=True)
+class Counters:
+    """Mutable counters owned by one cache in one process; reset in a forked child.
+
+    The same names as :class:`CacheStats` (a unit test holds the two lists equal).
+    Increments are not locked: under the GIL a rare lost increment is the price of keeping
+    the hit path free of locks. They are statistics, not accounting.
+    """
+
+    l1_hits: int = 0
+    l2_hits: int = 0
+    misses: int = 0
+    promotions: int = 0
+    computes: int = 0
+    in_flight: int = 0
+    invalidations_sent: int = 0
+    invalidations_received: int = 0
+    lock_waits: int = 0
+    listener_waits: int = 0
+    redis_errors: int = 0
+    corrupt_values: int = 0
+    reconnects: int = 0
+    fills_revoked: int = 0
+    uncacheable_values: int = 0
 
 
 @dataclass(frozen=True, slots=True)

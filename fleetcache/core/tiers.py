@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 import redis
@@ -19,7 +20,12 @@ from ..redis.keys import KeyLayout
 from .clock import Clock
 from .codec import Codec
 from .config import CacheConfig, env_url
-from .errors import CacheClosedError, CorruptValueError, InvalidKeyError
+from .errors import (
+    CacheClosedError,
+    CorruptValueError,
+    InvalidArgumentError,
+    InvalidKeyError,
+)
 from .l1 import LocalStore
 from .process import ProcessState
 from .stats import Counters
@@ -130,9 +136,11 @@ class Tiers:
                                "miss (%s); further ones are only counted", key, exc)
             return None
 
-    def encode(self, key: str, value: Any, ttl: float) -> bytes:
-        """Envelope bytes for ``value`` expiring ``ttl`` seconds from now (wall clock)."""
-        return self.codec.encode(key, value, int((self.clock.time() + ttl) * 1000))
+    def encode(self, key: str, value: Any, ttl: float) -> tuple[bytes, Any]:
+        """Envelope bytes for ``value`` expiring ``ttl`` seconds from now (wall clock), and
+        the value every reader will decode from them (what the writer serves too)."""
+        return self.codec.encode_and_read_back(
+            key, value, int((self.clock.time() + ttl) * 1000))
 
     def read_failed(self, exc: BaseException) -> None:
         """Count a failed read (served as a miss) and log it, rate-limited."""
@@ -143,7 +151,8 @@ class Tiers:
                            counters.redis_errors, exc)
 
     def check_key(self, key: object) -> None:
-        """``InvalidKeyError`` unless ``key`` is a non-empty str within ``max_key_length``."""
+        """``InvalidKeyError`` unless ``key`` is a non-empty str within ``max_key_length``
+        that encodes as UTF-8 (what Redis stores)."""
         if not isinstance(key, str) or not key:
             raise InvalidKeyError(f"cache keys are non-empty str, got {key!r:.80}")
         if len(key) > self.config.max_key_length:
@@ -151,6 +160,26 @@ class Tiers:
                 f"key of {len(key)} characters exceeds max_key_length="
                 f"{self.config.max_key_length}: {key[:40]!r}..."
             )
+        if not key.isascii():
+            try:
+                key.encode()
+            except UnicodeEncodeError:  # a lone surrogate: Redis keys are UTF-8 bytes
+                raise InvalidKeyError(f"key is not valid UTF-8 text: {key!r:.80}") from None
+
+    def key_list(self, keys: Iterable[str]) -> list[str]:
+        """``keys`` of a bulk call as a sequence, each checked; a lone ``str`` is refused
+        (iterating it would look up its characters)."""
+        if isinstance(keys, str | bytes):
+            raise InvalidArgumentError(
+                f"give a list of keys, not a single {type(keys).__name__}: {keys!r:.40}")
+        try:
+            found = list(keys)
+        except TypeError:
+            raise InvalidArgumentError(
+                f"keys must be an iterable of str, got {type(keys).__name__}") from None
+        for key in found:
+            self.check_key(key)
+        return found
 
     def ttl(self, ttl: float | None, strategy: CacheStrategy | None) -> float:
         """The L2 TTL a call asks for, ``default_ttl`` if it names none."""

@@ -7,12 +7,14 @@ since its outcome is unknown. See README "Consistency and outages".
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .errors import BackendError
+from .errors import BackendError, CorruptValueError, InvalidArgumentError
 from .strategy import CacheStrategy
 from .tiers import Tiers
+
+_INCR_ATTEMPTS = 32  # compare-and-set rounds lost to concurrent writers before giving up
 
 
 class Writes:
@@ -25,17 +27,18 @@ class Writes:
 
     def _prepare(
         self, key: str, value: Any, ttl: float | None, strategy: CacheStrategy | None
-    ) -> tuple[float, bytes]:
-        """Validate and encode before anything is written: ``(ttl seconds, blob)``."""
+    ) -> tuple[float, bytes, Any]:
+        """Validate and encode before anything is written: ``(ttl seconds, blob, value as
+        every reader will decode it)``."""
         tiers = self._tiers
         tiers.check_key(key)
         seconds = tiers.ttl(ttl, strategy)
-        return seconds, tiers.encode(key, value, seconds)
+        return (seconds, *tiers.encode(key, value, seconds))
 
     def set(self, key: str, value: Any, ttl: float | None,
             strategy: CacheStrategy | None) -> None:
         tiers = self._tiers
-        seconds, blob = self._prepare(key, value, ttl, strategy)
+        seconds, blob, value = self._prepare(key, value, ttl, strategy)
         proc = tiers.process()
         l1 = tiers.l1
         with proc.writes.hold(key):
@@ -53,14 +56,14 @@ class Writes:
     def add(self, key: str, value: Any, ttl: float | None,
             strategy: CacheStrategy | None) -> bool:
         tiers = self._tiers
-        seconds, blob = self._prepare(key, value, ttl, strategy)
+        seconds, blob, value = self._prepare(key, value, ttl, strategy)
         proc = tiers.process()
         with proc.writes.hold(key):
             seq = tiers.l1.seq
-            # A "filled" notice: where L2 held nothing, no L1 can hold a replaced value.
+            # A full notice even where L2 held nothing: another L1 may still hold a value
+            # that vanished from L2 without one (FLUSHDB, eviction).
             stored = proc.l2.set_and_publish(
-                key, blob, int(seconds * 1000), proc.bus.message(key, filled=True),
-                only_if_absent=True,
+                key, blob, int(seconds * 1000), proc.bus.message(key), only_if_absent=True,
             )
             if stored:
                 tiers.l1.store_if_unchanged(key, value, min(seconds, tiers.l1_ttl()), seq)
@@ -70,11 +73,13 @@ class Writes:
                  strategy: CacheStrategy | None) -> None:
         tiers = self._tiers
         seconds = tiers.ttl(ttl, strategy)
-        items = list(mapping.items())
-        blobs = []
-        for key, value in items:
+        blobs: list[tuple[str, bytes]] = []
+        items: list[tuple[str, Any]] = []  # as every reader will decode them
+        for key, value in mapping.items():
             tiers.check_key(key)
-            blobs.append((key, tiers.encode(key, value, seconds)))
+            blob, decoded = tiers.encode(key, value, seconds)
+            blobs.append((key, blob))
+            items.append((key, decoded))
         if not items:
             return
         proc = tiers.process()
@@ -88,6 +93,62 @@ class Writes:
             raise
         tiers.counters.invalidations_sent += len(items)
         tiers.l1.put_many(items, min(seconds, tiers.l1_ttl()), seq)
+
+    def incr(self, key: str, delta: int, ttl: float | None,
+             strategy: CacheStrategy | None) -> int:
+        """Add ``delta`` to the int under ``key`` (absent: 0), atomically fleet-wide.
+
+        Compare-and-set in L2: read the bytes, write the new value only if they are still
+        the same, else read again. Works on signed values too (Redis cannot update an
+        HMAC'd envelope itself). The read raises on Redis trouble like a write: a counter
+        that read a timeout as "absent" would restart at ``delta``.
+        """
+        if type(delta) is not int:
+            raise InvalidArgumentError(f"delta must be an int, got {type(delta).__name__}")
+        tiers = self._tiers
+        tiers.check_key(key)
+        explicit = None if ttl is None and strategy is None else tiers.ttl(ttl, strategy)
+        proc = tiers.process()
+        l1 = tiers.l1
+        with proc.writes.hold(key):
+            for _ in range(_INCR_ATTEMPTS):
+                blob = proc.l2.get(key)
+                current, seconds = self._counter(key, blob, explicit)
+                new_blob, new = tiers.encode(key, current + delta, seconds)
+                seq = l1.seq
+                try:
+                    done = proc.l2.check_and_set(key, blob, new_blob, int(seconds * 1000),
+                                                 proc.bus.message(key))
+                except BackendError:
+                    l1.invalidate(key)  # unknown outcome
+                    raise
+                if done:
+                    tiers.counters.invalidations_sent += 1
+                    l1.put(key, new, min(seconds, tiers.l1_ttl()), seq)
+                    return new  # type: ignore[no-any-return]
+        raise BackendError(f"incr of {key!r}: {_INCR_ATTEMPTS} concurrent writes of the key "
+                           f"came first in a row; try again")
+
+    def _counter(self, key: str, blob: bytes | None, ttl: float | None) -> tuple[int, float]:
+        """(the int ``blob`` holds, 0 if none; the TTL to write: ``ttl``, else the entry's
+        own remaining life, else ``default_ttl``)."""
+        tiers = self._tiers
+        default = tiers.config.default_ttl if ttl is None else ttl
+        if blob is None:
+            return 0, default
+        try:
+            current, expires_at_ms = tiers.codec.decode(blob, key)
+        except CorruptValueError as exc:
+            raise InvalidArgumentError(
+                f"cannot increment {key!r}: it holds bytes that are not a fleetcache value "
+                f"({exc})") from exc
+        if type(current) is not int:
+            raise InvalidArgumentError(
+                f"cannot increment {key!r}: it holds a {type(current).__name__}, not an int")
+        left = expires_at_ms / 1000.0 - tiers.clock.time()
+        if ttl is None and left >= 0.001:
+            return current, left
+        return current, default
 
     def delete(self, key: str) -> bool:
         tiers = self._tiers
@@ -103,11 +164,9 @@ class Writes:
             tiers.counters.invalidations_sent += 1
         return existed
 
-    def delete_many(self, keys: Sequence[str]) -> int:
+    def delete_many(self, keys: Iterable[str]) -> int:
         tiers = self._tiers
-        keys = list(keys)
-        for key in keys:
-            tiers.check_key(key)
+        keys = tiers.key_list(keys)
         if not keys:
             return 0
         proc = tiers.process()

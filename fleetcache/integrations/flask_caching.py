@@ -21,14 +21,17 @@ Semantics differ from cachelib's ``RedisCache`` where fleetcache's guarantees ne
 
 * Values are MessagePack, never pickle: a value msgspec cannot encode raises
   ``ValueEncodeError`` (a ``TypeError``) and nothing is written. Flask-Caching catches and
-  logs that outside debug mode, so such a view or function simply runs uncached. Tuples read
-  back as lists.
+  logs that outside debug mode, so such a view or function simply runs uncached.
 * Writes (``set``, ``add``, ``set_many``, ``delete``, ``clear``, ``inc``, ``dec``) raise
   ``BackendError`` when Redis cannot be reached, like cachelib's ``RedisCache`` raises
   redis-py's errors, instead of returning False: every worker keeps an L1 copy, so a write or
   delete that silently failed would leave the whole fleet serving the old value. Reads
   degrade to a miss. ``delete_many`` follows cachelib's ``ignore_delete_many_errors``.
-* ``inc``/``dec`` are atomic within a process only (see :meth:`FleetCacheBackend.inc`).
+* ``inc``/``dec`` are atomic across the fleet (compare-and-set in Redis).
+* Values must read back as they were stored (``strict_types``, on by default here):
+  a tuple, set, Struct or dataclass raises ``ValueEncodeError`` instead of coming back as
+  a list or dict, so a view returning ``(body, 201, headers)`` runs uncached instead of
+  being served as a JSON list with status 200.
 """
 
 from __future__ import annotations
@@ -42,7 +45,6 @@ from urllib.parse import quote
 from cachelib import BaseCache as CachelibBaseCache
 from flask_caching.backends.base import BaseCache
 
-from ..core import fork
 from ..core.config import CacheConfig, check_setting_names
 from ..core.errors import (
     BackendError,
@@ -51,7 +53,6 @@ from ..core.errors import (
     InvalidArgumentError,
 )
 from ..core.front import FleetCache
-from ..core.keyed_locks import KeyedLocks
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -118,15 +119,8 @@ class FleetCacheBackend(BaseCache):
             namespace = _namespace_of(key_prefix)
         if namespace is not None:
             options["namespace"] = namespace
+        options.setdefault("strict_types", True)
         self.cache = FleetCache(**options)
-        self._counter_locks = KeyedLocks()
-        fork.register(self)
-
-    def _after_fork_in_child(self) -> None:
-        # A counter lock held by another thread of the parent at fork() would stay held
-        # forever in the child (that thread does not exist there): start with fresh locks.
-        # The FleetCache resets its own state through the same hook.
-        self._counter_locks = KeyedLocks()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.cache!r})"
@@ -248,27 +242,15 @@ class FleetCacheBackend(BaseCache):
     def inc(self, key: str, delta: int = 1) -> int:
         """Add ``delta`` to the integer under ``key`` (absent counts as 0); the new value.
 
-        Not atomic across processes: fleetcache stores values in a MessagePack envelope that
-        Redis ``INCRBY`` cannot update, and its public API has no compare-and-set, so this is
-        a get + set under a per-key lock of this process. Increments of one key from
-        different workers at the same moment can be lost; do not use it for rate limits or
-        quotas shared by the fleet. The TTL restarts at ``default_timeout``, as in cachelib's
-        generic ``BaseCache.inc``.
+        Atomic across the fleet (:meth:`FleetCache.incr`: compare-and-set in Redis). The
+        TTL restarts at ``default_timeout``, as in cachelib's generic ``BaseCache.inc``.
+        Raises ``BackendError`` when Redis cannot be read: a counter never restarts from 0
+        because a read timed out.
         """
-        with self._counter_locks.hold(key):
-            current = self.cache.get(key)
-            if current is None:
-                current = 0
-            elif type(current) is not int:
-                raise InvalidArgumentError(
-                    f"cannot increment {key!r}: it holds a {type(current).__name__}, not an int"
-                )
-            value = current + delta
-            self.cache.set(key, value, ttl=self._ttl(None))
-            return value
+        return self.cache.incr(key, delta, ttl=self._ttl(None))
 
     def dec(self, key: str, delta: int = 1) -> int:
-        """``inc(key, -delta)``; the same per-process atomicity."""
+        """``inc(key, -delta)``, as atomic."""
         return self.inc(key, -delta)
 
     def close(self) -> None:

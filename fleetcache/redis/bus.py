@@ -66,7 +66,6 @@ class InvalidationBus:
         clock: Clock,
         counters: Counters,
         on_key: Callable[[str], None],
-        on_fill: Callable[[str], None],
         on_flush: Callable[[], None],
         on_lease: Callable[[float], None],
     ) -> None:
@@ -79,7 +78,6 @@ class InvalidationBus:
         self._clock = clock  # lease stamps only: L1 compares them with its own readings
         self._counters = counters
         self._on_key = on_key
-        self._on_fill = on_fill
         self._on_flush = on_flush
         self._on_lease = on_lease
         self._stop = threading.Event()
@@ -89,15 +87,16 @@ class InvalidationBus:
         self._said_never = False
         self._malformed = 0
 
-    def message(self, key: str | list[str] | None, *, filled: bool = False) -> bytes:
+    def message(self, key: str | list[str] | None) -> bytes:
         """The notice for ``key`` (a list: several keys; None: flush everything), tagged
         with our sender id.
 
-        ``filled`` marks a computed value stored where there was none: it only wakes other
-        processes waiting for that key and invalidates nothing (no process can hold a
-        value that a write has since replaced), so it costs their L1 nothing.
+        Every notice invalidates, fills included: a value can vanish from L2 without one
+        (FLUSHDB, maxmemory eviction), and then another process may still hold the old
+        one in L1. The third element is always false: version 0.1 listeners read it as
+        "only wake waiters", which is what a 0.1 fill meant.
         """
-        return self._codec.encode_payload((self.sender_id, key, filled))
+        return self._codec.encode_payload((self.sender_id, key, False))
 
     def await_lease(self, timeout: float) -> bool:
         """Wait up to ``timeout`` for the listener to renew L1's lease; True if it did."""
@@ -186,7 +185,7 @@ class InvalidationBus:
 
     def _apply(self, data: Any) -> None:
         try:
-            sender, key, filled = self._codec.decode_payload(data)
+            sender, key, _ = self._codec.decode_payload(data)
         except (CorruptValueError, TypeError, ValueError):
             self._unreadable()
             return
@@ -196,11 +195,8 @@ class InvalidationBus:
             self._counters.invalidations_received += 1
             self._on_flush()
         elif isinstance(key, str):
-            if filled:
-                self._on_fill(key)
-            else:
-                self._counters.invalidations_received += 1
-                self._on_key(key)
+            self._counters.invalidations_received += 1
+            self._on_key(key)
         elif isinstance(key, list) and all(isinstance(k, str) for k in key):
             self._counters.invalidations_received += len(key)
             for k in key:

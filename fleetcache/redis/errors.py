@@ -10,9 +10,16 @@ from types import TracebackType
 
 import redis
 
-from ..core.errors import BackendError, BackendUnavailableError
+from ..core.errors import (
+    BackendAuthError,
+    BackendError,
+    BackendUnavailableError,
+    PoolExhaustedError,
+)
 
 UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
+_AUTH = (redis.AuthenticationError, redis.exceptions.AuthorizationError)
+_POOL_EMPTY = "No connection available"  # what redis-py's BlockingConnectionPool raises
 
 
 class mapped_errors:  # lower case: used like the context-manager functions it replaced
@@ -33,6 +40,12 @@ class mapped_errors:  # lower case: used like the context-manager functions it r
                  tb: TracebackType | None) -> None:
         if exc is None:
             return
+        if isinstance(exc, _AUTH):  # subclasses of ConnectionError, but no outage
+            raise BackendAuthError(f"{self._what}: Redis refused the credentials: {exc}") from exc
+        if isinstance(exc, redis.ConnectionError) and str(exc).startswith(_POOL_EMPTY):
+            raise PoolExhaustedError(
+                f"{self._what}: every connection of the pool was busy for pool_timeout "
+                f"(raise max_connections, or hold fewer at once)") from exc
         if isinstance(exc, UNAVAILABLE):
             raise BackendUnavailableError(f"{self._what}: Redis unreachable: {exc}") from exc
         if isinstance(exc, redis.RedisError):

@@ -1,7 +1,7 @@
 """Every name fleetcache uses in Redis, in one place: values, flags, locks, channel, streams.
 
 With ``hash_tags`` every per-key name carries the hash tag ``{namespace:key}``, so the
-value, the fill lock and the "someone waits" flag of one key hash to one Redis Cluster slot
+value, the fill lock and the fill lease of one key hash to one Redis Cluster slot
 (the scripts touch all three at once); without it the layout is the single-server one that
 existing data already uses. The namespace is non-empty and cannot contain braces, so the
 first ``{`` of a name is always ours and the tag is never empty, whatever the key holds (a
@@ -25,7 +25,7 @@ class KeyLayout:
     what          single server                               ``hash_tags=True``
     ============  ==========================================  ==========================
     value         ``{ns}:v:{key}``                            ``{ns}:v:{{ns}:{key}}``
-    waiters flag  ``{ns}:w:{key}``                            ``{ns}:w:{{ns}:{key}}``
+    fill lease    ``{ns}:f:{key}``                            ``{ns}:f:{{ns}:{key}}``
     fill lock     ``redlock:{ns}:lock:{key}``                 ``redlock:{ns}:lock:{{ns}:{key}}``
     channel       ``{ns}:inv``                                the same
     stream        ``{ns}:s:{name}``                           the same
@@ -35,8 +35,8 @@ class KeyLayout:
     namespace: str
     hash_tags: bool = False
     value_prefix: str = field(init=False)
+    lease_prefix: str = field(init=False)
     channel: str = field(init=False)
-    _waiters_prefix: str = field(init=False)
     _lock_prefix: str = field(init=False)
     _stream_prefix: str = field(init=False)
 
@@ -47,7 +47,7 @@ class KeyLayout:
         set_ = object.__setattr__  # frozen: derived names are fixed at construction
         set_(self, "value_prefix", f"{ns}:v:")
         set_(self, "channel", f"{ns}:inv")
-        set_(self, "_waiters_prefix", f"{ns}:w:")
+        set_(self, "lease_prefix", f"{ns}:f:")
         set_(self, "_lock_prefix", f"{ns}:lock:")
         set_(self, "_stream_prefix", f"{ns}:s:")
 
@@ -58,9 +58,10 @@ class KeyLayout:
         """The Redis key holding ``key``'s value."""
         return self.value_prefix + self._tagged(key)
 
-    def waiters(self, key: str) -> str:
-        """The short-lived flag a loser sets so the fill's winner announces the value."""
-        return self._waiters_prefix + self._tagged(key)
+    def lease(self, key: str) -> str:
+        """The set of live fill leases of ``key`` (tokens of computes that may store; any
+        write of the key deletes it, see :mod:`fleetcache.redis.store`)."""
+        return self.lease_prefix + self._tagged(key)
 
     def lock_name(self, key: str) -> str:
         """The Redlock *name* of ``key``'s fill lock (pottery stores it under

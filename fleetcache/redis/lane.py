@@ -41,12 +41,24 @@ class CommandLane:
         self._keep = keep
         self._idle: list[Any] = []
 
-    def execute(self, *args: Any) -> Any:
-        """Send one command and return its raw reply (no response callbacks: bytes/lists)."""
+    def take(self) -> Any:
+        """A connection for the caller alone: an idle one of the lane, else the pool's.
+
+        Hand it back with :meth:`execute`'s own bookkeeping, or to the pool with
+        ``pool.release`` (a blocking read does: its connection may be left half-read).
+        """
         try:
             conn = self._idle.pop()
         except IndexError:
+            conn = None  # checked out below, outside the handler: an error there must not
+            # carry "pop from empty list" as its context
+        if conn is None:
             conn = self._pool.get_connection()
+        return conn
+
+    def execute(self, *args: Any) -> Any:
+        """Send one command and return its raw reply (no response callbacks: bytes/lists)."""
+        conn = self.take()
         try:
             reply = conn.retry.call_with_retry(
                 lambda: _round_trip(conn, args), lambda _error: conn.disconnect())

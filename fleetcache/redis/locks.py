@@ -40,8 +40,8 @@ class FleetLock(Redlock):
     acquire and release in a fresh ThreadPoolExecutor thread to ask several masters at once;
     with the one master a cache has, that thread costs several times the round trip
     (TRAPS.md). Here the SET NX PX rides in the script that found the value missing, and the
-    release in the script that stores the computed value (:mod:`fleetcache.redis.store`); only a
-    failed compute releases on its own, inline.
+    release in the script that stores the computed value, or in the one that abandons a
+    failed compute (:mod:`fleetcache.redis.store`); :meth:`release` is pottery's, inline.
 
     One instance per acquisition (a fresh token), never shared between threads.
     """
@@ -69,10 +69,14 @@ class FleetLock(Redlock):
             reply = _release_script(self)(keys=[self.key], args=[self._uuid],
                                           client=self._client)
         except redis.RedisError as exc:
-            logger.warning("fleetcache: could not release %s (Redis down): %s",
-                           self.key, type(exc).__name__)
+            self.release_failed(exc)
             return
         self.released(reply)
+
+    def release_failed(self, exc: BaseException) -> None:
+        """Log a release Redis did not answer (the lock then expires by itself)."""
+        logger.warning("fleetcache: could not release %s (Redis down): %s",
+                       self.key, type(exc).__name__)
 
     def released(self, reply: int) -> None:
         """Take a release's reply: 0 means the lock had expired (and maybe passed on to

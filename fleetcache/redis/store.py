@@ -17,7 +17,8 @@ from typing import Any
 
 import redis
 
-from ..core.protocols import FillLock
+from ..core.errors import BackendError
+from ..core.protocols import FillLock, FillOutcome
 from .errors import mapped_errors
 from .keys import KeyLayout
 from .lane import CommandLane
@@ -27,15 +28,23 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS: value, lock, waiters flag; ARGV: lock token, lock ms. Reply {value or nil, won}.
+# Fill leases (memcache's, Nishtala et al., NSDI 2013). A fill, the compute of a value L2
+# did not hold, adds its token to the key's lease set when it takes the fill lock. Every
+# write of the key (set, add, set_many, delete, delete_many, clear) deletes the lease set,
+# and a fill stores only if its token is still there: so a delete landing while the value
+# is computed from the old database row is never undone by the fill. The set lives
+# fill_timeout: a fill slower than that is not stored either (it cannot know what it missed).
+
+# KEYS: value, lock, lease; ARGV: token, lock ms, lease ms. Reply {value or nil, won}.
 # Atomic, so there is no window between "not cached" and "lock taken" for a holder to store
-# and release in. A loser sets the waiters flag: the holder then announces its fill.
+# and release in.
 _FETCH_OR_LOCK = """
 local value = redis.call('GET', KEYS[1])
 if value then return {value, 0} end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {false, 1} end
-redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
-return {false, 0}
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {false, 0} end
+redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
+return {false, 1}
 """
 
 # A script is not rolled back when a command in it fails (an ACL without the channel, say):
@@ -43,38 +52,67 @@ return {false, 0}
 # (harmless: readers re-read L2), never a write without its notice. Readers cannot tell the
 # order apart: nothing runs between a script's commands.
 
-# KEYS: value, lock, waiters flag; ARGV: blob, ms, lock token, channel, fill notice.
-# SET NX (a set() during the compute is newer), pottery's compare-and-delete release, and a
-# fill notice only if someone waits. Reply {stored, released}.
+# KEYS: value, lock, lease; ARGV: blob, ms, token, channel, notice. Releases the lock
+# (pottery's compare-and-delete) whatever happens; stores only under a live lease and only
+# where L2 holds nothing (a set() during the compute is newer, and revoked the lease anyway).
+# Reply {stored, released, leased}.
 _STORE_FILL = """
-if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
-local stored = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
 local released = 0
 if redis.call('GET', KEYS[2]) == ARGV[3] then released = redis.call('DEL', KEYS[2]) end
-redis.call('DEL', KEYS[3])
-return {stored, released}
+if redis.call('SREM', KEYS[3], ARGV[3]) == 0 then return {0, released, 0} end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0, released, 1} end
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {1, released, 1}
 """
 
-# KEYS: value; ARGV: blob, ms, channel, notice, "NX" or "". Reply 1 if stored.
+# KEYS: lock, lease; ARGV: token. A fill that stores nothing (its compute raised) gives up
+# its lock (compare-and-delete) and its lease. Reply: 1 if the lock was still ours.
+_ABANDON_FILL = """
+redis.call('SREM', KEYS[2], ARGV[1])
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: value, lease; ARGV: blob, ms, channel, notice, "NX" or "". Reply 1 if stored.
 _SET_PUBLISH = """
 if ARGV[5] == 'NX' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('DEL', KEYS[2])
 return 1
 """
 
-# KEYS: values; ARGV: ms, channel, one notice for all, then a blob per key.
-_SET_MANY_PUBLISH = """
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-for i, key in ipairs(KEYS) do redis.call('SET', key, ARGV[3 + i], 'PX', ARGV[1]) end
-return #KEYS
+# KEYS: value, lease; ARGV: expected blob ('' for "absent": no envelope is empty), new
+# blob, ms, channel, notice. Reply 1 if L2 still held the expected bytes and now the new.
+_CHECK_AND_SET = """
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 0 end
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('DEL', KEYS[2])
+return 1
 """
 
-# KEYS: values; ARGV: channel, notice. Reply: keys deleted.
+# KEYS: n values, then their n leases; ARGV: ms, channel, one notice for all, a blob per key.
+_SET_MANY_PUBLISH = """
+local n = #KEYS / 2
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+for i = 1, n do
+  redis.call('SET', KEYS[i], ARGV[3 + i], 'PX', ARGV[1])
+  redis.call('DEL', KEYS[n + i])
+end
+return n
+"""
+
+# KEYS: n values, then their n leases; ARGV: channel, notice. Reply: values deleted.
 _DELETE_PUBLISH = """
+local n = #KEYS / 2
 redis.call('PUBLISH', ARGV[1], ARGV[2])
 local deleted = 0
-for _, key in ipairs(KEYS) do deleted = deleted + redis.call('DEL', key) end
+for i = 1, n do
+  deleted = deleted + redis.call('DEL', KEYS[i])
+  redis.call('DEL', KEYS[n + i])
+end
 return deleted
 """
 
@@ -82,21 +120,22 @@ return deleted
 class RedisStore:
     """The cache's Redis commands, every name taken from one :class:`KeyLayout`."""
 
-    __slots__ = ("_delete", "_discard", "_fetch_or_lock", "_lane", "_set", "_set_many",
-                 "_store_fill", "client", "keys")
+    __slots__ = ("_abandon_fill", "_check_and_set", "_delete", "_discard", "_fetch_or_lock",
+                 "_lane", "_lease_ms", "_set", "_set_many", "_store_fill", "client", "keys")
 
-    def __init__(self, client: redis.Redis, keys: KeyLayout) -> None:
+    def __init__(self, client: redis.Redis, keys: KeyLayout, lane: CommandLane,
+                 fill_lease_ms: int) -> None:
         self.client = client
         self.keys = keys
-        pool = client.connection_pool
-        # Hot commands skip redis-py's per-command pool checkout (see fleetcache.redis.lane);
-        # at most half the pool idles in the lane, the rest serves streams and the bus.
-        self._lane = CommandLane(pool, keep=max(1, pool.max_connections // 2))
+        self._lane = lane
+        self._lease_ms = fill_lease_ms
         # redis-py's Script: its SHA and text (the lane runs EVALSHA, EVAL on NOSCRIPT).
         self._discard = client.register_script(_DISCARD)
         self._fetch_or_lock = client.register_script(_FETCH_OR_LOCK)
         self._store_fill = client.register_script(_STORE_FILL)
+        self._abandon_fill = client.register_script(_ABANDON_FILL)
         self._set = client.register_script(_SET_PUBLISH)
+        self._check_and_set = client.register_script(_CHECK_AND_SET)
         self._set_many = client.register_script(_SET_MANY_PUBLISH)
         self._delete = client.register_script(_DELETE_PUBLISH)
 
@@ -128,14 +167,13 @@ class RedisStore:
         return blob, holder
 
     def fetch_or_lock(self, key: str, lock: FillLock) -> tuple[bytes | None, bool]:
-        """The value of ``key``; if there is none, try ``lock``: (value, won), one script.
-
-        A loser is noted as waiting, so the winner announces its fill (see store_fill).
-        """
+        """The value of ``key``; if there is none, try ``lock`` and, won, open a fill lease
+        under its token: (value, won), one script."""
+        keys = self.keys
         with mapped_errors("GET"):
             value, won = self._lane.run_script(
-                self._fetch_or_lock, [self.keys.value(key), lock.key, self.keys.waiters(key)],
-                [lock.token, lock.ttl_ms])
+                self._fetch_or_lock, [keys.value(key), lock.key, keys.lease(key)],
+                [lock.token, lock.ttl_ms, self._lease_ms])
         return value, bool(won)
 
     def discard(self, key: str, blob: bytes) -> bool:
@@ -146,55 +184,95 @@ class RedisStore:
     def set_and_publish(
         self, key: str, blob: bytes, ttl_ms: int, message: bytes, *, only_if_absent: bool = False
     ) -> bool:
-        """SET (NX for ``add``) and, if stored, PUBLISH ``message``; False if NX lost."""
+        """SET (NX for ``add``), revoke fills, and, if stored, PUBLISH ``message``; False if
+        NX lost."""
+        keys = self.keys
         with mapped_errors("SET"):
             return bool(self._lane.run_script(
-                self._set, [self.keys.value(key)],
-                [blob, ttl_ms, self.keys.channel, message, "NX" if only_if_absent else ""]))
+                self._set, [keys.value(key), keys.lease(key)],
+                [blob, ttl_ms, keys.channel, message, "NX" if only_if_absent else ""]))
+
+    def check_and_set(
+        self, key: str, expected: bytes | None, blob: bytes, ttl_ms: int, message: bytes
+    ) -> bool:
+        """SET ``blob`` (revoking fills, with ``message``) only if L2 still holds
+        ``expected`` (None: nothing); False if another write came first."""
+        keys = self.keys
+        with mapped_errors("SET"):
+            return bool(self._lane.run_script(
+                self._check_and_set, [keys.value(key), keys.lease(key)],
+                [expected or b"", blob, ttl_ms, keys.channel, message]))
 
     def store_fill(
         self, key: str, blob: bytes, ttl_ms: int, lock: FillLock, message: bytes
-    ) -> bool:
-        """Store a computed value (SET NX), release ``lock``, and send ``message`` (a fill
-        notice) if anyone waits; True if stored."""
+    ) -> FillOutcome:
+        """Store a computed value under its lease, release ``lock``, and send ``message``
+        if stored."""
+        keys = self.keys
         with mapped_errors("SET"):
-            stored, released = self._lane.run_script(
-                self._store_fill, [self.keys.value(key), lock.key, self.keys.waiters(key)],
-                [blob, ttl_ms, lock.token, self.keys.channel, message])
+            stored, released, leased = self._lane.run_script(
+                self._store_fill, [keys.value(key), lock.key, keys.lease(key)],
+                [blob, ttl_ms, lock.token, keys.channel, message])
         lock.released(released)
-        return bool(stored)
+        if stored:
+            return FillOutcome.STORED
+        return FillOutcome.BEATEN if leased else FillOutcome.REVOKED
+
+    def abandon_fill(self, key: str, lock: FillLock) -> None:
+        """Release ``lock`` and give up the fill's lease (its compute raised). Never raises:
+        a release Redis did not answer is logged and the lock expires by itself."""
+        try:
+            with mapped_errors("release"):
+                released = self._lane.run_script(
+                    self._abandon_fill, [lock.key, self.keys.lease(key)], [lock.token])
+        except BackendError as exc:
+            lock.release_failed(exc)
+            return
+        lock.released(released)
 
     def set_many_and_publish(
         self, blobs: Sequence[tuple[str, bytes]], ttl_ms: int, message: bytes
     ) -> None:
         """SET every ``(key, blob)`` and PUBLISH one ``message`` naming them all, atomically."""
-        value = self.keys.value
         with mapped_errors("SET"):
-            self._lane.run_script(self._set_many, [value(key) for key, _ in blobs],
+            self._lane.run_script(self._set_many, self._with_leases([key for key, _ in blobs]),
                                   [ttl_ms, self.keys.channel, message,
                                    *(blob for _, blob in blobs)])
 
     def delete_and_publish(self, keys: Sequence[str], message: bytes) -> int:
-        """DEL ``keys`` and PUBLISH ``message`` atomically; how many existed."""
-        value = self.keys.value
+        """DEL ``keys`` (revoking fills) and PUBLISH ``message`` atomically; how many
+        existed."""
         with mapped_errors("DEL"):
-            return int(self._lane.run_script(self._delete, [value(key) for key in keys],
+            return int(self._lane.run_script(self._delete, self._with_leases(keys),
                                              [self.keys.channel, message]))
 
+    def _with_leases(self, keys: Sequence[str]) -> list[str]:
+        layout = self.keys
+        return [*map(layout.value, keys), *map(layout.lease, keys)]
+
     def clear_and_publish(self, message: bytes, batch: int = 500) -> int:
-        """Delete every value of this namespace (SCAN, never KEYS), then announce a flush."""
-        deleted = 0
-        pattern = _glob_escape(self.keys.value_prefix) + "*"
+        """Revoke every fill, delete every value of this namespace (SCAN, never KEYS), then
+        announce a flush.
+
+        Leases first: a fill that started before the clear must not store after its key
+        was deleted. (A fill that starts during the clear computes after it began.)
+        """
         with mapped_errors("clear"):
-            found: list[Any] = []
-            for name in self.client.scan_iter(match=pattern, count=batch):
-                found.append(name)
-                if len(found) >= batch:
-                    deleted += self.client.unlink(*found)
-                    found.clear()
-            if found:
-                deleted += self.client.unlink(*found)
+            self._unlink_matching(self.keys.lease_prefix, batch)
+            deleted = self._unlink_matching(self.keys.value_prefix, batch)
             self.client.publish(self.keys.channel, message)
+        return deleted
+
+    def _unlink_matching(self, prefix: str, batch: int) -> int:
+        deleted = 0
+        found: list[Any] = []
+        for name in self.client.scan_iter(match=_glob_escape(prefix) + "*", count=batch):
+            found.append(name)
+            if len(found) >= batch:
+                deleted += self.client.unlink(*found)
+                found.clear()
+        if found:
+            deleted += self.client.unlink(*found)
         return deleted
 
 

@@ -12,9 +12,10 @@ from typing import Any, TypeAlias
 
 import redis
 
-from ..core.errors import InvalidArgumentError
+from ..core.errors import CorruptValueError, InvalidArgumentError
 from .errors import mapped_errors
 from .keys import KeyLayout
+from .lane import CommandLane
 
 StreamEntry: TypeAlias = tuple[str, dict[str, str]]
 Fields: TypeAlias = Mapping[str, str] | Iterable[tuple[str, str]]
@@ -23,11 +24,13 @@ Fields: TypeAlias = Mapping[str, str] | Iterable[tuple[str, str]]
 class Streams:
     """Stream helpers; stream names come from the cache's :class:`KeyLayout`."""
 
-    __slots__ = ("_client", "_keys", "_margin")
+    __slots__ = ("_client", "_keys", "_lane", "_margin")
 
-    def __init__(self, client: redis.Redis, keys: KeyLayout, timeout_margin: float) -> None:
+    def __init__(self, client: redis.Redis, keys: KeyLayout, lane: CommandLane,
+                 timeout_margin: float) -> None:
         self._client = client
         self._keys = keys
+        self._lane = lane
         self._margin = timeout_margin
 
     def publish(self, stream: str, fields: Fields, maxlen: int) -> str:
@@ -76,13 +79,15 @@ class Streams:
         return [_entry(item) for item in entries]
 
     def _blocking(self, args: list[Any], timeout: float) -> Any:
+        # The lane's idle connections first: they are the pool's, and a blocking read must
+        # not fail for want of a slot while they sit idle.
         pool = self._client.connection_pool
-        conn = pool.get_connection()
+        conn = self._lane.take()
         try:
-            conn.send_command(*args)  # type: ignore[no-untyped-call]
+            conn.send_command(*args)
             return conn.read_response(timeout=timeout)
         except BaseException:
-            conn.disconnect()  # type: ignore[no-untyped-call]  # a half-read reply must never reach the next borrower
+            conn.disconnect()  # a half-read reply must never reach the next borrower
             raise
         finally:
             pool.release(conn)
@@ -108,6 +113,8 @@ def _validate_fields(fields: Fields) -> dict[str, str]:
                     f"stream fields must be str -> str, got {type(field).__name__} -> "
                     f"{type(value).__name__} for field {field!r}"
                 )
+            if field in pairs:  # a mapping cannot repeat a field; pairs must not either
+                raise InvalidArgumentError(f"stream field {field!r} given twice")
             pairs[field] = value
     except (TypeError, ValueError) as exc:
         if isinstance(exc, InvalidArgumentError):
@@ -124,7 +131,15 @@ def _text(raw: Any) -> str:
 
 def _entry(item: Any) -> StreamEntry:
     entry_id, flat = item
-    if isinstance(flat, dict):  # redis-py's parsed form
-        return _text(entry_id), {_text(k): _text(v) for k, v in flat.items()}
-    it = iter(flat)  # raw RESP2 form: [field, value, field, value, ...]
-    return _text(entry_id), {_text(k): _text(v) for k, v in zip(it, it, strict=True)}
+    pairs = flat.items() if isinstance(flat, dict) else _pairs(flat)  # parsed, or raw RESP2
+    try:
+        return _text(entry_id), {_text(k): _text(v) for k, v in pairs}
+    except UnicodeDecodeError as exc:  # another producer wrote bytes that are not text
+        raise CorruptValueError(
+            f"stream entry {_text(entry_id)} holds a field that is not UTF-8 text ({exc}); "
+            f"fleetcache streams carry str -> str fields") from exc
+
+
+def _pairs(flat: Any) -> Any:
+    it = iter(flat)  # [field, value, field, value, ...]
+    return zip(it, it, strict=True)

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from ..core.errors import FleetCacheError
+from .processes import stop
 
 logger = logging.getLogger("fleetcache")
 
@@ -104,12 +105,7 @@ class EmbeddedServer:
     def stop(self) -> None:
         """Stop the server and remove its directory."""
         if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(5)
+            stop(self._proc, grace=5)
             self._proc = None
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)

@@ -2,10 +2,11 @@
 
 Promised: "A compute that runs longer than ``lock_timeout`` is not extended: another worker
 may then start computing too (at most one more per ``lock_timeout``), and a waiter that
-waited ``lock_timeout`` computes for itself." So a waiter never hangs for the whole slow
-compute, the extra computes are bounded, threads of one process still share one compute,
-and the slow holder's late release of its expired lock is its own business: it must not
-raise into the caller that computed the value.
+waited ``lock_timeout`` computes for itself" -- in one process too: the threads waiting
+for their process's compute give it ``lock_timeout`` from its start, then one of them takes
+over and the others follow it. So a waiter never hangs for the whole slow compute, the
+extra computes are bounded, and the slow holder's late release of its expired lock is its
+own business: it must not raise into the caller that computed the value.
 
 Two caches on one server stand for two worker processes (each has its own in-process locks,
 its own listener and its own Redlock token), with ``lock_timeout=1.0``.
@@ -13,6 +14,7 @@ its own listener and its own Redlock token), with ``lock_timeout=1.0``.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -131,12 +133,13 @@ def test_waiter_is_not_held_past_lock_timeout(
     assert a.get("K") == b.get("K") == "from B", summary
 
 
-def test_threads_of_a_waiting_process_share_one_extra_compute(
+def test_threads_of_a_waiting_process_start_at_most_one_compute_per_lock_timeout(
     own_server: Server, caches: Callable[..., FleetCache], caplog: pytest.LogCaptureFixture
 ) -> None:
     """5 threads of B wait for A's slow compute; B's own compute is slow too, so B's lock
-    also expires (at 2 * LOCK) while A and B are both still computing. Only one of B's
-    threads may compute: the others wait in-process, never for the fleet lock."""
+    also expires (at 2 * LOCK) while A and B are both still computing. B's threads start
+    one compute when A's lock expires and one more when B's own does, never more; none
+    waits past its process's compute by more than lock_timeout."""
     caplog.set_level(logging.WARNING, logger="fleetcache")
     a, b = two_caches(caches, own_server.url)
     computes = Computes()
@@ -163,20 +166,20 @@ def test_threads_of_a_waiting_process_share_one_extra_compute(
 
     errors = [r["error"] for r in [a_res, *b_res] if r["error"] is not None]
     assert not errors, f"get_or_compute raised {errors}: {summary}"
-    assert [who for who, _, _ in computes.log] == ["A", "B"], (
-        f"{len(computes.log)} computes, want A's and one of B's: {summary}")
-    assert a.stats().computes == 1 and b.stats().computes == 1, summary
-    b_start = computes.log[1][1]
-    assert LOCK - EARLY <= b_start - a_start <= LOCK + SLACK, (
-        f"B's compute started {b_start - a_start:.3f} s after A's; lock_timeout {LOCK} s: "
-        f"{summary}")
+    whos = [who for who, _, _ in computes.log]
+    assert whos[0] == "A" and set(whos[1:]) == {"B"} and 2 <= len(whos) <= 3, summary
+    b_starts = [start for who, start, _ in computes.log if who == "B"]
+    assert LOCK - EARLY <= b_starts[0] - a_start <= LOCK + SLACK, (
+        f"B's first compute started {b_starts[0] - a_start:.3f} s after A's; lock_timeout "
+        f"{LOCK} s: {summary}")
+    for earlier, later in itertools.pairwise(b_starts):
+        assert later - earlier >= LOCK - EARLY, f"two B computes within lock_timeout: {summary}"
     for res in b_res:
         took = res["end"] - res["start"]
-        assert took <= LOCK + b_compute + SLACK, f"a B thread took {took:.3f} s: {summary}"
+        assert took <= 2 * LOCK + b_compute + SLACK, f"a B thread took {took:.3f} s: {summary}"
         assert res["value"] in ("from A", "from B"), summary
-    assert b.stats().lock_waits == 1, f"B's threads each waited for the fleet lock: {summary}"
     assert a.get("K") == b.get("K") == "from A", summary  # A stored first (SET NX)
-    assert len(release_warnings(caplog)) == 2, summary  # A's and B's expired locks
+    assert len(release_warnings(caplog)) >= 2, summary  # A's and B's expired locks
 
 
 def test_redis_lost_while_computing_does_not_raise(

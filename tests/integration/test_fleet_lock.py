@@ -2,7 +2,7 @@
 
 It must stay a real pottery lock (same key, token and compare-and-delete release, so stock
 pottery clients exclude it and are excluded), start no thread, and keep a cold miss to two
-round trips: fetch-or-lock; store-release-announce.
+round trips: fetch-or-lock (and open the fill's lease); store-release-announce.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ import redis
 from pottery import Redlock
 
 from fleetcache import FleetCache
+from fleetcache.core.protocols import FillOutcome
 from fleetcache.redis.keys import KeyLayout
+from fleetcache.redis.lane import CommandLane
 from fleetcache.redis.locks import FleetLock
 from fleetcache.redis.store import RedisStore
 
@@ -31,9 +33,14 @@ def client(server: Server) -> Iterator[redis.Redis]:
     c.close()
 
 
+def store_on(client: redis.Redis, namespace: str) -> RedisStore:
+    return RedisStore(client, KeyLayout(namespace), CommandLane(client.connection_pool, keep=2),
+                      fill_lease_ms=60_000)
+
+
 def take(lock: FleetLock, client: redis.Redis, key: str = "k") -> bool:
     """Try ``lock`` the way get_or_compute does (on a namespace-free store)."""
-    value, won = RedisStore(client, KeyLayout("fl")).fetch_or_lock(key, lock)
+    value, won = store_on(client, "fl").fetch_or_lock(key, lock)
     assert value is None
     return won
 
@@ -55,7 +62,7 @@ def test_excludes_and_is_excluded_by_stock_pottery(client: redis.Redis, namespac
 def test_store_fill_releases_only_its_own_token(
     client: redis.Redis, namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = RedisStore(client, KeyLayout(namespace))
+    store = store_on(client, "fl")  # the store take() used: the fills' leases are there
     name = f"{namespace}:res"
     first = FleetLock(client, name, 0.05)
     assert take(first, client, namespace)
@@ -63,36 +70,37 @@ def test_store_fill_releases_only_its_own_token(
     second = FleetLock(client, name, 5)
     assert take(second, client, namespace)
     with caplog.at_level(logging.WARNING, logger="fleetcache"):
-        assert store.store_fill("k", b"v1", 5000, first, b"notice")
+        # first's lease is live (no write since): a slow fill still stores
+        assert store.store_fill(namespace, b"v1", 5000, first, b"notice") is FillOutcome.STORED
     assert "it had expired" in caplog.text
     assert second.locked() > 0  # the late release left the new holder's lock alone
-    assert not store.store_fill("k", b"v2", 5000, second, b"notice")  # NX: v1 stays
+    assert store.store_fill(namespace, b"v2", 5000, second, b"notice") is FillOutcome.BEATEN
     assert not client.exists(second.key)  # but the lock is released
-    assert client.get(store.keys.value("k")) == b"v1"
+    assert client.get(store.keys.value(namespace)) == b"v1"
 
 
-def test_a_loser_makes_the_winner_announce_its_fill(
-    client: redis.Redis, namespace: str
-) -> None:
-    store = RedisStore(client, KeyLayout(namespace))
+def test_every_stored_fill_is_announced(client: redis.Redis, namespace: str) -> None:
+    """A fill's notice invalidates other L1s too: the value it replaces may have vanished
+    from L2 without a notice (FLUSHDB, eviction) while another worker still holds it."""
+    store = store_on(client, namespace)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(store.keys.channel)
     winner = FleetLock(client, f"{namespace}:a", 5)
     assert store.fetch_or_lock("a", winner) == (None, True)
-    assert store.store_fill("a", b"v", 5000, winner, b"nobody waits")
+    assert store.store_fill("a", b"v", 5000, winner, b"nobody waits") is FillOutcome.STORED
     loser = FleetLock(client, f"{namespace}:b", 5)
     winner = FleetLock(client, f"{namespace}:b", 5)
     assert store.fetch_or_lock("b", winner) == (None, True)
     assert store.fetch_or_lock("b", loser) == (None, False)
-    assert store.store_fill("b", b"v", 5000, winner, b"someone waits")
+    assert store.store_fill("b", b"v", 5000, winner, b"someone waits") is FillOutcome.STORED
     assert store.fetch_or_lock("b", FleetLock(client, f"{namespace}:b", 5)) == (b"v", False)
     messages = []
     deadline = time.monotonic() + 2
-    while time.monotonic() < deadline and not messages:
+    while time.monotonic() < deadline and len(messages) < 2:
         message = pubsub.get_message(timeout=0.1)
         if message:
             messages.append(message["data"])
-    assert messages == [b"someone waits"]
+    assert messages == [b"nobody waits", b"someone waits"]
     pubsub.close()
 
 
@@ -152,10 +160,10 @@ def test_cold_miss_takes_two_round_trips_and_no_thread(own_server: Server) -> No
     calls = _commandstats(admin)
     for admin_command in ("config|resetstat", "info", "ping"):  # ping: the bus watchdog
         calls.pop(admin_command, None)
-    # Inside the scripts: GET value, SET lock; EXISTS waiters flag, SET value, GET+DEL lock,
-    # DEL waiters flag.
-    # No PUBLISH: nobody waited.
-    assert calls == {"evalsha": 2, "get": 2, "set": 2, "del": 2, "exists": 1}
+    # Inside the scripts: GET value, SET lock, SADD+PEXPIRE lease; GET+DEL lock, SREM lease,
+    # EXISTS value, PUBLISH the fill, SET value.
+    assert calls == {"evalsha": 2, "get": 2, "set": 2, "sadd": 1, "pexpire": 1, "del": 1,
+                     "srem": 1, "exists": 1, "publish": 1}
     assert started == []
     assert not admin.exists("redlock:rt:lock:k")
     admin.close()

@@ -87,6 +87,15 @@ def run_threads(
     return outcomes, start
 
 
+def failing(rec: Recorder, seconds: float) -> Callable[[], str]:
+    """A compute that records its call, works ``seconds``, then raises."""
+    def compute() -> str:
+        rec.enter()
+        time.sleep(seconds)
+        raise RuntimeError("db down")
+    return compute
+
+
 def connected(make_cache: MakeCache, n: int) -> list[FleetCache]:
     caches = [make_cache() for _ in range(n)]
     for c in caches:
@@ -177,7 +186,9 @@ def test_failing_compute_reaches_the_caller_and_leaves_nothing_behind(
 def test_failing_compute_does_not_hang_concurrent_waiters(
     make_cache: MakeCache, raw: redis.Redis
 ) -> None:
-    """The first compute fails after 100 ms; the waiters get a later compute's value."""
+    """The first compute fails after 100 ms: the threads of its process that waited for it
+    get that failure; the other process, which waited on the fleet lock, computes again
+    (once) and all its threads get that value."""
     caches = connected(make_cache, 2)
     rec = Recorder()
 
@@ -193,13 +204,40 @@ def test_failing_compute_does_not_hang_concurrent_waiters(
     # lock_timeout is 10 s: a waiter stuck on the dead compute's lock would take that long.
     assert max(o.ended for o in outcomes) - start < 1.0
     errors = [o for o in outcomes if o.error is not None]
-    assert len(errors) == 1
-    assert isinstance(errors[0].error, ValueError)
-    assert str(errors[0].error) == "first compute fails"
+    failed = {o.cache for o in errors}
+    assert len(failed) == 1 and len(errors) == 10, errors  # every thread of that process
+    assert all(str(o.error) == "first compute fails" for o in errors)
     assert rec.calls == 2  # the failure, then exactly one successful compute
     assert {o.value for o in outcomes if o.error is None} == {"ok-2"}
     assert raw.exists(lock_key(caches[0], "k")) == 0
     assert all(c.get("k") == "ok-2" for c in caches)
+
+
+def test_threads_waiting_on_a_failing_compute_share_its_failure_at_once(
+    make_cache: MakeCache,
+) -> None:
+    """6 threads, a compute that fails after 0.5 s: one compute, and every caller has the
+    error at 0.5 s (on 1c91863 they queued: errors at 0.5, 1.0, ... 3.0 s)."""
+    (cache,) = connected(make_cache, 1)
+    rec = Recorder()
+    outcomes, start = run_threads([cache], 6, "k", failing(rec, 0.5), join_timeout=5.0)
+    assert rec.calls == 1
+    assert all(isinstance(o.error, RuntimeError) for o in outcomes)
+    assert max(o.ended for o in outcomes) - start < 0.5 + 0.4
+
+
+def test_processes_waiting_on_a_failing_compute_retry_in_parallel(
+    make_cache: MakeCache,
+) -> None:
+    """4 caches (one per "process") x 10 threads, a compute failing after 0.2 s: at most one
+    compute per process, and the waiters' retries run side by side, not one per process in
+    turn (on 1c91863: 40 computes in 8.4 s)."""
+    caches = connected(make_cache, 4)
+    rec = Recorder()
+    outcomes, start = run_threads(caches, 10, "k", failing(rec, 0.2), join_timeout=10.0)
+    assert all(isinstance(o.error, RuntimeError) for o in outcomes)
+    assert rec.calls <= 4
+    assert max(o.ended for o in outcomes) - start < 2 * 0.2 + 0.5
 
 
 def test_compute_that_always_fails_never_caches_or_hangs(
@@ -207,16 +245,10 @@ def test_compute_that_always_fails_never_caches_or_hangs(
 ) -> None:
     caches = connected(make_cache, 2)
     rec = Recorder()
-
-    def always() -> str:
-        rec.enter()
-        time.sleep(0.02)
-        raise RuntimeError("nope")
-
-    outcomes, start = run_threads(caches, 5, "k", always, join_timeout=3.0)
+    outcomes, start = run_threads(caches, 5, "k", failing(rec, 0.02), join_timeout=3.0)
     assert max(o.ended for o in outcomes) - start < 2.0
     assert all(isinstance(o.error, RuntimeError) for o in outcomes)
-    assert rec.calls == 10  # nothing was cached, so every caller computed in turn
+    assert rec.calls == 2  # one per process: a thread shares its process's failure
     assert raw.exists(data_key(caches[0], "k")) == 0
     assert raw.exists(lock_key(caches[0], "k")) == 0
     assert all(c.stats().in_flight == 0 for c in caches)

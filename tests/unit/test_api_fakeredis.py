@@ -438,7 +438,7 @@ def test_cached_decorator(make: Factory) -> None:
     cache = make(max_key_length=1024)  # default prefixes are module.qualname: long
     calls: list[tuple[int, int]] = []
 
-    @cache.cached(ttl=60)
+    @cache.cached(ttl=60, key_prefix="add")  # a closure (of calls): it needs a prefix
     def add(a: int, b: int) -> int:
         calls.append((a, b))
         return a + b
@@ -477,7 +477,7 @@ def test_cached_keys_are_shared_across_caches_and_prefixed(make: Factory) -> Non
 def test_cached_with_unencodable_args_raises(idle: FleetCache) -> None:
     calls = Counter()
 
-    @idle.cached(ttl=60)
+    @idle.cached(ttl=60, key_prefix="fn")
     def fn(arg: Any) -> Any:
         return calls()
 

@@ -11,7 +11,7 @@ from fleetcache import KeyLayout
 def test_single_server_layout_is_the_one_existing_data_uses() -> None:
     keys = KeyLayout("shop")
     assert keys.value("user:1") == "shop:v:user:1"
-    assert keys.waiters("user:1") == "shop:w:user:1"
+    assert keys.lease("user:1") == "shop:f:user:1"
     assert keys.lock_name("user:1") == "shop:lock:user:1"
     assert keys.lock("user:1") == "redlock:shop:lock:user:1"  # pottery's key format
     assert keys.channel == "shop:inv"
@@ -19,9 +19,9 @@ def test_single_server_layout_is_the_one_existing_data_uses() -> None:
 
 
 @pytest.mark.parametrize("key", ["user:1", "a}b", "{x}", "}{", "ü" * 30, "k" * 1024])
-def test_hash_tags_put_value_lock_and_flag_of_a_key_in_one_slot(key: str) -> None:
+def test_hash_tags_put_value_lock_and_lease_of_a_key_in_one_slot(key: str) -> None:
     keys = KeyLayout("shop", hash_tags=True)
-    names = [keys.value(key), keys.lock(key), keys.waiters(key)]
+    names = [keys.value(key), keys.lock(key), keys.lease(key)]
     assert len({key_slot(name.encode()) for name in names}) == 1, names
     assert keys.value(key) == "shop:v:{shop:" + key + "}"
 

@@ -1,0 +1,104 @@
+"""The process half of single-flight: the first caller of a key leads, the others follow.
+
+Followers do not queue behind the leader's lock to try again one by one: they wait for its
+*outcome* and share it, the value or the exception (Go's ``singleflight``). Every wait is
+bounded by ``lock_timeout`` past the leader's last sign of progress (joining, or starting
+its compute), as a fleet lock is: then one follower takes the flight over and the others
+follow it, so a slow compute costs at most one more compute per ``lock_timeout`` in a
+process too. Two threads whose computes need each other's keys (A -> B and B -> A) lose at
+most that long, and a compute that asks for its own key, in the same thread or greenlet,
+fails at once instead of waiting for itself forever.
+
+Registered per process (rebuilt after fork), so a flight is never shared with a child.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from .errors import RecursiveComputeError
+
+#: How long past a holder's ``lock_timeout`` a waiter keeps waiting: two of its polls of L2
+#: (it looks again before it concludes the holder is gone). Followers in a process give
+#: their leader the same, since the leader may itself be such a waiter.
+WAIT_SLACK = 0.1
+
+#: A flight that landed without a value (its leader was interrupted).
+NO_VALUE: Any = object()
+
+
+class Flight:
+    """One compute of one key in this process, and what came of it."""
+
+    __slots__ = ("_patience", "deadline", "done", "error", "owner", "value")
+
+    def __init__(self, owner: int, patience: float) -> None:
+        self.owner = owner  # thread (or greenlet, once gevent patched) that leads
+        self._patience = patience
+        self.deadline = time.monotonic() + patience  # followers wait until then
+        self.done = threading.Event()
+        self.value: Any = NO_VALUE
+        self.error: BaseException | None = None
+
+    def progressed(self) -> None:
+        """The leader starts its compute: followers owe it ``lock_timeout`` from now."""
+        self.deadline = time.monotonic() + self._patience
+
+    def wait(self) -> bool:
+        """Wait for the outcome until the deadline (pushed on by the leader's progress);
+        False if it passed first."""
+        while not self.done.wait(max(0.0, self.deadline - time.monotonic())):
+            if time.monotonic() >= self.deadline:
+                return self.done.is_set()
+        return True
+
+
+class Flights:
+    """The flights in progress, one per key; a key leaves when its flight lands."""
+
+    __slots__ = ("_flights", "_guard", "_patience")
+
+    def __init__(self, patience: float) -> None:
+        self._patience = patience  # lock_timeout
+        self._guard = threading.Lock()  # held for a dict operation only
+        self._flights: dict[str, Flight] = {}
+
+    def join(self, key: str) -> tuple[Flight, bool]:
+        """The flight of ``key`` and whether the caller leads it (it started it).
+
+        Raises ``RecursiveComputeError`` if the caller leads it already: its compute asked
+        for its own key, and waiting would wait for itself.
+        """
+        me = threading.get_ident()
+        with self._guard:
+            flight = self._flights.get(key)
+            if flight is None:
+                flight = self._flights[key] = Flight(me, self._patience)
+                return flight, True
+        if flight.owner == me:
+            raise RecursiveComputeError(key)
+        return flight, False
+
+    def take_over(self, key: str, stale: Flight) -> tuple[Flight, bool]:
+        """A follower gave up on ``stale``: lead a new flight in its place, unless another
+        follower already did (then follow that one) or it landed (then join afresh)."""
+        with self._guard:
+            current = self._flights.get(key)
+            if current is stale:
+                current = self._flights[key] = Flight(threading.get_ident(), self._patience)
+                return current, True
+        return self.join(key) if current is None else (current, False)
+
+    def land(self, key: str, flight: Flight, value: Any, error: BaseException | None) -> None:
+        """Publish the leader's outcome to its followers and let the next caller lead."""
+        flight.value = value
+        flight.error = error
+        with self._guard:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+        flight.done.set()
+
+    def __len__(self) -> int:
+        return len(self._flights)

@@ -33,7 +33,8 @@ class CacheConfig:
     Attributes (seconds unless stated):
         url: Redis/Valkey URL (``redis://``, ``rediss://``, ``unix://``), password allowed.
         namespace: prefix of every key, channel, lock and stream: two apps can share a Redis.
-        l1_capacity: entries kept per process; the oldest-inserted is evicted at capacity.
+        l1_capacity: entries kept per process; when full, frequency decides who stays
+            (see :mod:`fleetcache.core.l1`).
         l1_ttl: longest life of an L1 entry (never beyond the entry's L2 TTL).
         default_ttl: L2 TTL when a call gives neither ``ttl`` nor ``strategy``.
         stream_maxlen: approximate MAXLEN of ``publish_to_stream`` when none is given.

@@ -162,7 +162,7 @@ class FleetCache:
         except TypeError:  # unhashable key: let the slow path name the problem
             entry = None
         if entry is not None and entry[1] > self._now() < self._l1.fresh_until:
-            self._counters.l1_hits += 1
+            entry[2] += 1  # its hits: what keeps it in L1, and the l1_hits statistic
             return entry[0]
         return self._reads.get(key, default)
 
@@ -255,7 +255,7 @@ class FleetCache:
         except TypeError:  # unhashable key: check_key names the problem
             entry = None
         if entry is not None and entry[1] > self._now() < self._l1.fresh_until:
-            self._counters.l1_hits += 1
+            entry[2] += 1
             return entry[0]  # type: ignore[no-any-return]
         tiers = self._tiers
         tiers.check_key(key)
@@ -304,8 +304,8 @@ class FleetCache:
     # -- introspection ---------------------------------------------------------------------
 
     def stats(self) -> CacheStats:
-        """This process's counters (cheap; no Redis call)."""
-        return CacheStats.of(self._counters)
+        """This process's counters (no Redis call; O(L1 entries), for snapshots)."""
+        return CacheStats.of(self._counters, self._l1.hits())
 
     def health(self) -> Health:
         """PING Redis and report round trip, bus state and L1 size. Never raises for Redis."""

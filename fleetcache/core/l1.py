@@ -17,7 +17,18 @@ its socket, so a listener starved of CPU stops L1 from serving values it may not
 were replaced. While the bus is down it is infinite: entries then live ``degraded_l1_ttl``
 instead.
 
-Eviction is oldest-inserted first (FIFO): LRU would need a write on every hit.
+Which keys stay is decided by frequency, not by order (``benchmarks/hit_ratio.py`` measured
+FIFO, LRU, SIEVE, S3-FIFO, ARC, LIRS and W-TinyLFU on the same traces before this was
+chosen). A hit adds one to its entry's counter: one integer store, no lock, no reorder. A
+key that is not in L1 is counted in a :class:`~.sketch.FrequencySketch` each time a read
+misses it and would promote it. When L1 is full, the weakest of the ``SAMPLE`` oldest
+entries (fewest hits plus sketch count; an expired one first) is the eviction candidate,
+and the newcomer takes its place only if it was asked for more often (TinyLFU admission):
+a burst of one-off keys, such as a sweep, cannot push the hot set out. The sampled entries
+that survive go to the back, so the next eviction looks at others (a CLOCK hand). Every
+``10 x capacity`` counted misses, all counts are halved, so a key that stops being read
+loses its place. An entry that leaves (evicted, invalidated, overwritten by a notice) gives
+its hits to the sketch, so a hot key invalidated by a write is admitted again at once.
 """
 
 from __future__ import annotations
@@ -25,11 +36,22 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from typing import Any
+from itertools import islice
+from typing import Any, Final
 
 from .clock import SYSTEM_CLOCK, Clock
+from .sketch import FrequencySketch
+from .stats import Counters
 
-Entry = tuple[Any, float]  # (value, expires_at on the monotonic clock)
+# [value, expires_at on the monotonic clock, hits]: a list, so a hit can count itself in
+# place. Readers index it (VALUE, EXPIRES, HITS) and never replace it.
+Entry = list[Any]
+VALUE: Final = 0
+EXPIRES: Final = 1
+HITS: Final = 2
+
+SAMPLE: Final = 5  # entries compared per eviction (Redis' maxmemory-samples default)
+AGE_EVERY: Final = 10  # halve every count after this many counted misses per slot
 
 _TOUCHED_LIMIT = 4096  # keys whose last move is remembered; beyond that, a promotion floor
 
@@ -37,16 +59,22 @@ _TOUCHED_LIMIT = 4096  # keys whose last move is remembered; beyond that, a prom
 class LocalStore:
     """Bounded TTL store. ``data`` is read directly by the cache's hit path."""
 
-    __slots__ = ("_floor", "_lock", "_now", "_touched", "capacity", "data", "fresh_until",
-                 "seq")
+    __slots__ = ("_age_at", "_counted", "_counters", "_floor", "_gone_hits", "_lock", "_now",
+                 "_sketch", "_touched", "capacity", "data", "fresh_until", "seq")
 
-    def __init__(self, capacity: int, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, capacity: int, clock: Clock = SYSTEM_CLOCK,
+                 counters: Counters | None = None) -> None:
         self.capacity = capacity
         self._now = clock.monotonic
-        # OrderedDict: evicting the oldest is popitem(last=False), O(1); on a plain dict
-        # del d[next(iter(d))] must skip the dead slots piling up at its front (~15x slower
-        # at capacity). Lookups cost the same as on a dict.
+        self._counters = counters if counters is not None else Counters()
+        # OrderedDict: the eviction hand reads the front and sends survivors to the back in
+        # O(1) (move_to_end); on a plain dict, deleting at the front leaves dead slots that
+        # every later scan of the front must skip. Lookups cost the same as on a dict.
         self.data: OrderedDict[str, Entry] = OrderedDict()
+        self._sketch = FrequencySketch(capacity)
+        self._counted = 0  # misses counted since the last halving
+        self._gone_hits = 0  # hits of entries since dropped, and halved away
+        self._age_at = max(1, capacity) * AGE_EVERY
         self.seq = 0
         self.fresh_until = math.inf
         self._touched: dict[str, int] = {}  # key -> seq of its last write or invalidation
@@ -56,9 +84,11 @@ class LocalStore:
         self._lock = threading.Lock()
 
     def get(self, key: str) -> Entry | None:
-        """The live entry for ``key``, or None (expired entries are left for the writers)."""
+        """The live entry for ``key`` (its hit counted), or None (expired entries are left
+        for the eviction hand)."""
         entry = self.data.get(key)
-        if entry is not None and entry[1] > self._now() < self.fresh_until:
+        if entry is not None and entry[EXPIRES] > self._now() < self.fresh_until:
+            entry[HITS] += 1
             return entry
         return None
 
@@ -69,10 +99,9 @@ class LocalStore:
             moved = self._moved(key, seq)
             self._touch(key)
             if moved:
-                self.data.pop(key, None)
+                self._drop(key)
                 return False
-            self._insert(key, (value, self._now() + ttl))
-            return True
+            return self._insert(key, value, self._now() + ttl)
 
     def put_many(self, items: list[tuple[str, Any]], ttl: float, seq: int) -> int:
         """:meth:`put` for several keys under one lock; how many were stored."""
@@ -83,20 +112,18 @@ class LocalStore:
                 moved = self._moved(key, seq)
                 self._touch(key)
                 if moved:
-                    self.data.pop(key, None)
-                else:
-                    self._insert(key, (value, expires_at))
+                    self._drop(key)
+                elif self._insert(key, value, expires_at):
                     stored += 1
             return stored
 
     def store_if_unchanged(self, key: str, value: Any, ttl: float, seq: int) -> bool:
         """Promote an L2 read taken at ``seq``; False if ``key`` moved (or L1 was flushed)
-        since."""
+        since, or L1 kept its current entries instead (see the module doc)."""
         with self._lock:
             if self._moved(key, seq):
                 return False
-            self._insert(key, (value, self._now() + ttl))
-            return True
+            return self._insert(key, value, self._now() + ttl)
 
     def store_many_if_unchanged(
         self, items: list[tuple[str, Any, float]], seq: int
@@ -107,8 +134,7 @@ class LocalStore:
             now = self._now()
             stored = 0
             for key, value, ttl in items:
-                if not self._moved(key, seq):
-                    self._insert(key, (value, now + ttl))
+                if not self._moved(key, seq) and self._insert(key, value, now + ttl):
                     stored += 1
             return stored
 
@@ -120,15 +146,27 @@ class LocalStore:
         """Drop ``key``; True if it was present."""
         with self._lock:
             self._touch(key)
-            return self.data.pop(key, None) is not None
+            return self._drop(key)
 
     def clear(self) -> None:
-        """Drop everything (and void in-flight promotions)."""
+        """Drop everything (and void in-flight promotions). The sketch is kept: what was
+        popular before a flush is popular after it."""
         with self._lock:
             self.seq += 1
             self._floor = self.seq
             self._touched.clear()
-            self.data.clear()
+            for key in list(self.data):
+                self._drop(key)
+
+    def hits(self) -> int:
+        """Every hit an entry has counted, including entries since gone.
+
+        This is the ``l1_hits`` statistic: the hit path's one increment (``entry[HITS]``)
+        serves both the eviction policy and the count, so no second counter is paid for.
+        O(entries): for snapshots, not for the hot path.
+        """
+        with self._lock:
+            return self._gone_hits + sum(int(entry[HITS]) for entry in self.data.values())
 
     def __len__(self) -> int:
         return len(self.data)
@@ -144,8 +182,63 @@ class LocalStore:
             self._floor = self.seq  # forgotten moves: refuse every read noted before now
         self._touched[key] = self.seq
 
-    def _insert(self, key: str, entry: Entry) -> None:
+    def _drop(self, key: str) -> bool:
+        entry = self.data.pop(key, None)
+        if entry is None:
+            return False
+        hits = entry[HITS]
+        self._gone_hits += hits
+        self._sketch.add(key, hits)  # its popularity outlives the entry
+        return True
+
+    def _insert(self, key: str, value: Any, expires_at: float) -> bool:
+        """Store ``key``, if it is resident or wins a place (see the module doc)."""
         data = self.data
-        if data.pop(key, None) is None and len(data) >= self.capacity:
-            data.popitem(last=False)  # the oldest insertion
-        data[key] = entry
+        old = data.get(key)
+        if old is not None:  # replaced in place: it keeps its slot and its hits
+            data[key] = [value, expires_at, old[HITS]]
+            return True
+        wanted = self._count_miss(key)
+        if len(data) >= self.capacity and not self._evict_for(wanted):
+            self._counters.l1_rejections += 1
+            return False
+        data[key] = [value, expires_at, 0]
+        return True
+
+    def _count_miss(self, key: str) -> int:
+        self._counted += 1
+        if self._counted >= self._age_at:
+            self._counted = 0
+            self._sketch.halve()
+            for entry in self.data.values():
+                hits = entry[HITS]
+                self._gone_hits += hits - (hits >> 1)
+                entry[HITS] = hits >> 1
+        return self._sketch.add(key)
+
+    def _evict_for(self, wanted: int) -> bool:
+        """Evict the weakest sampled entry if a newcomer asked for ``wanted`` times beats
+        it; False (nothing evicted) if L1 keeps what it has."""
+        data = self.data
+        if not data:
+            return False  # capacity 0: L1 is off
+        sampled = list(islice(data.items(), SAMPLE))
+        now = self._now()
+        estimate = self._sketch.estimate
+        victim, weakest = sampled[0][0], math.inf
+        for key, entry in sampled:
+            if entry[EXPIRES] <= now:
+                victim, weakest = key, -1  # dead already: no contest
+                break
+            score = entry[HITS] + estimate(key)
+            if score < weakest:
+                victim, weakest = key, score
+        for key, _ in sampled:
+            if key != victim:
+                data.move_to_end(key)  # the hand passes the survivors
+        if wanted <= weakest:
+            data.move_to_end(victim)
+            return False
+        self._drop(victim)
+        self._counters.l1_evictions += 1
+        return True

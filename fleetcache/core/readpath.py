@@ -33,10 +33,7 @@ class ReadPath:
             return None
         if now >= l1.fresh_until and not self._await_listener():
             return None
-        entry = l1.get(key)
-        if entry is not None:
-            tiers.counters.l1_hits += 1
-        return entry
+        return l1.get(key)
 
     def _await_listener(self) -> bool:
         """Wait up to ``max_listener_lag`` for the listener to renew L1's lease.
@@ -84,11 +81,11 @@ class ReadPath:
         for key in keys:
             entry = l1_get(key)
             if entry is not None and entry[1] > now < fresh_until:
+                entry[2] += 1
                 found[key] = entry[0]
             else:
                 cold.append(key)
         counters = tiers.counters
-        counters.l1_hits += len(keys) - len(cold)
         if cold and now >= fresh_until:  # some may be held back only by a late listener
             held, cold = cold, []
             for key in held:

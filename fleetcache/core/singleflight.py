@@ -75,11 +75,8 @@ class SingleFlight:
         error: BaseException | None = None
         try:
             entry = tiers.l1.get(key)  # filled by a flight that landed just before ours?
-            if entry is not None:
-                tiers.counters.l1_hits += 1
-                value = entry[0]
-            else:
-                value = self._fill(proc, flight, key, compute, ttl)
+            value = entry[0] if entry is not None else self._fill(proc, flight, key, compute,
+                                                                  ttl)
             return value  # type: ignore[no-any-return]
         except Exception as exc:
             error = exc

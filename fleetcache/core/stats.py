@@ -1,4 +1,5 @@
-"""Per-process counters (plain ints: a hit costs one attribute increment) and snapshots."""
+"""Per-process counters (plain ints, never locked) and snapshots. An L1 hit is counted by
+its entry (see :meth:`fleetcache.core.l1.LocalStore.hits`), the rest here."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ class CacheStats:
     damaged L2 entries read as misses; ``redis_errors`` counts Redis calls that failed;
     ``fills_revoked`` counts computed values not stored because the key was written during
     the compute (or it ran past ``fill_timeout``); ``uncacheable_values`` counts computed
-    values that could not be encoded and were kept in this process's L1 only.
+    values that could not be encoded and were kept in this process's L1 only;
+    ``l1_evictions`` counts entries L1 let go to make room, ``l1_rejections`` reads and
+    writes it did not keep because its entries were asked for more often (see
+    :mod:`fleetcache.core.l1`).
     """
 
     l1_hits: int
@@ -35,6 +39,8 @@ class CacheStats:
     reconnects: int
     fills_revoked: int
     uncacheable_values: int
+    l1_evictions: int
+    l1_rejections: int
 
     @property
     def lookups(self) -> int:
@@ -48,9 +54,12 @@ class CacheStats:
         return (self.l1_hits + self.l2_hits) / lookups if lookups else 0.0
 
     @classmethod
-    def of(cls, counters: Counters) -> CacheStats:
-        """Copy the live counters."""
-        return cls(**{f.name: getattr(counters, f.name) for f in fields(cls)})
+    def of(cls, counters: Counters, entry_hits: int = 0) -> CacheStats:
+        """Copy the live counters; ``entry_hits`` are the L1 hits its entries counted
+        themselves (see :meth:`fleetcache.core.l1.LocalStore.hits`)."""
+        values = {f.name: getattr(counters, f.name) for f in fields(cls)}
+        values["l1_hits"] += entry_hits
+        return cls(**values)
 
 
 @dataclass(slots=True)
@@ -77,6 +86,8 @@ class Counters:
     reconnects: int = 0
     fills_revoked: int = 0
     uncacheable_values: int = 0
+    l1_evictions: int = 0
+    l1_rejections: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,8 +51,8 @@ class Tiers:
         self.keys = keys
         self.codec = codec
         self.clock = clock
-        self.l1 = LocalStore(config.l1_capacity, clock)
         self.counters = Counters()
+        self.l1 = LocalStore(config.l1_capacity, clock, self.counters)
         self.closed = closed
         self._client = client
         self._url_from_env = url_from_env

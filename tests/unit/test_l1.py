@@ -1,4 +1,5 @@
-"""LocalStore: TTL on a fake clock (never sleeps), FIFO capacity, and the ``seq`` guard."""
+"""LocalStore: TTL on a fake clock (never sleeps), frequency-based capacity, and the ``seq``
+guard."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 
 import fleetcache.core.l1 as l1_module
 from fleetcache.core.l1 import LocalStore
+from fleetcache.core.stats import Counters
 from fleetcache.testing import FakeClock
 
 
@@ -29,7 +31,7 @@ def value_of(store: LocalStore, key: str) -> object:
 def test_entry_is_live_until_its_ttl_and_gone_at_it(clock: FakeClock) -> None:
     store = LocalStore(10, clock)
     store.put("k", "v", 5.0, store.seq)
-    assert store.get("k") == ("v", 1005.0)
+    assert store.get("k") == ["v", 1005.0, 1]  # value, expiry, hits (this one)
     clock.advance(4.999)
     assert value_of(store, "k") == "v"
     clock.advance(0.001)  # exactly at expires_at: expired
@@ -65,45 +67,97 @@ def test_reput_restarts_the_ttl(clock: FakeClock) -> None:
 def test_cached_none_is_a_live_entry_not_a_miss(clock: FakeClock) -> None:
     store = LocalStore(10, clock)
     store.put("k", None, 5.0, store.seq)
-    assert store.get("k") == (None, 1005.0)
+    assert store.get("k") == [None, 1005.0, 1]
 
 
 def test_missing_key_is_none(clock: FakeClock) -> None:
     assert LocalStore(10, clock).get("nope") is None
 
 
-# -- capacity --------------------------------------------------------------------------------
+# -- capacity: frequency decides who stays -------------------------------------------------
 
 
-def test_capacity_evicts_the_oldest_insertion_first(clock: FakeClock) -> None:
-    store = LocalStore(3, clock)
-    for key in ("a", "b", "c"):
+def fill(store: LocalStore, *keys: str, hits: int = 0) -> None:
+    for key in keys:
         store.put(key, key.upper(), 60.0, store.seq)
-    store.put("d", "D", 60.0, store.seq)
-    assert len(store) == 3
-    assert store.get("a") is None
-    assert [value_of(store, k) for k in ("b", "c", "d")] == ["B", "C", "D"]
-    store.put("e", "E", 60.0, store.seq)
-    assert store.get("b") is None
-    assert sorted(store.data) == ["c", "d", "e"]
+        for _ in range(hits):
+            value_of(store, key)
 
 
-def test_promotion_respects_capacity(clock: FakeClock) -> None:
+def test_a_full_l1_admits_a_newcomer_only_once_it_is_asked_for_more(clock: FakeClock) -> None:
+    counters = Counters()
+    store = LocalStore(3, clock, counters)
+    fill(store, "a", "b", "c")
+    assert store.put("d", "D", 60.0, store.seq) is False  # once, like each resident
+    assert store.get("d") is None and len(store) == 3
+    assert counters.l1_rejections == 1 and counters.l1_evictions == 0
+    assert store.store_if_unchanged("d", "D", 60.0, store.seq) is True  # its second miss
+    assert value_of(store, "d") == "D" and len(store) == 3
+    assert counters.l1_evictions == 1
+    assert sum(store.get(k) is None for k in "abc") == 1
+
+
+def test_hits_keep_an_entry_and_the_weakest_goes(clock: FakeClock) -> None:
+    store = LocalStore(3, clock)
+    fill(store, "a", hits=3)
+    fill(store, "b", hits=2)
+    fill(store, "c")
+    for _ in range(2):
+        store.store_if_unchanged("d", "D", 60.0, store.seq)
+    assert store.get("c") is None  # no hits: the weakest
+    assert [value_of(store, k) for k in "abd"] == ["A", "B", "D"]
+
+
+def test_an_expired_entry_makes_room_whatever_its_hits(clock: FakeClock) -> None:
     store = LocalStore(2, clock)
-    store.put("a", 1, 60.0, store.seq)
-    store.put("b", 2, 60.0, store.seq)
-    assert store.store_if_unchanged("c", 3, 60.0, store.seq)
-    assert len(store) == 2
-    assert store.get("a") is None
-    assert value_of(store, "c") == 3
+    store.put("old", 1, 1.0, store.seq)
+    for _ in range(10):
+        value_of(store, "old")
+    fill(store, "b")
+    clock.advance(2.0)
+    assert store.put("c", 3, 60.0, store.seq) is True  # first ask, but "old" is dead
+    assert "old" not in store.data
+    assert value_of(store, "b") == "B" and value_of(store, "c") == 3
+
+
+def test_a_sweep_of_one_off_keys_leaves_the_hot_set_in_place(clock: FakeClock) -> None:
+    store = LocalStore(100, clock)
+    hot = [f"hot{i}" for i in range(100)]
+    fill(store, *hot, hits=2)
+    for i in range(500):  # five times the capacity, each key read once
+        store.store_if_unchanged(f"cold{i}", i, 60.0, store.seq)
+    assert all(store.get(k) is not None for k in hot)
+
+
+def test_an_invalidated_hot_key_is_admitted_again_at_once(clock: FakeClock) -> None:
+    store = LocalStore(2, clock)
+    fill(store, "hot", hits=5)
+    fill(store, "b", hits=3)
+    store.invalidate("hot")  # a write elsewhere
+    fill(store, "warm", hits=3)  # takes the free slot
+    assert store.store_if_unchanged("hot", "HOT", 60.0, store.seq) is True  # its hits count
+    assert value_of(store, "hot") == "HOT"
+
+
+def test_counts_halve_so_old_popularity_fades(clock: FakeClock,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(l1_module, "AGE_EVERY", 2)  # halve every 2 x capacity misses
+    store = LocalStore(2, clock)
+    fill(store, "was-hot", hits=8)
+    fill(store, "b")  # 2 misses counted so far
+    store.store_if_unchanged("x", 0, 60.0, store.seq)  # 3
+    store.store_if_unchanged("x", 0, 60.0, store.seq)  # 4th: everything halves first
+    assert store.data["was-hot"][2] == 4
 
 
 def test_reput_of_an_existing_key_at_capacity_evicts_nothing(clock: FakeClock) -> None:
     store = LocalStore(2, clock)
     store.put("a", 1, 60.0, store.seq)
     store.put("b", 2, 60.0, store.seq)
+    value_of(store, "a")
     store.put("a", 10, 60.0, store.seq)
     assert len(store) == 2
+    assert store.data["a"][2] == 1  # replaced in place, its hit kept
     assert value_of(store, "a") == 10
     assert value_of(store, "b") == 2
     assert store.store_if_unchanged("b", 20, 60.0, store.seq)
@@ -116,9 +170,19 @@ def test_capacity_one(clock: FakeClock) -> None:
     store = LocalStore(1, clock)
     store.put("a", 1, 60.0, store.seq)
     store.put("b", 2, 60.0, store.seq)
+    assert value_of(store, "a") == 1  # b asked for once, a as often: a stays
+    store.put("b", 2, 60.0, store.seq)
+    store.put("b", 2, 60.0, store.seq)
     assert store.get("a") is None
     assert value_of(store, "b") == 2
     assert len(store) == 1
+
+
+def test_capacity_zero_keeps_nothing(clock: FakeClock) -> None:
+    store = LocalStore(0, clock)
+    assert store.put("a", 1, 60.0, store.seq) is False
+    assert store.store_if_unchanged("a", 1, 60.0, store.seq) is False
+    assert len(store) == 0
 
 
 # -- seq: every mutation voids in-flight promotions -------------------------------------------
@@ -259,12 +323,12 @@ def test_batch_promotion_stores_all_with_their_ttls_and_respects_capacity(
     store.store_if_unchanged("old", "o", 60, store.seq)
     stored = store.store_many_if_unchanged([("a", 1, 10), ("b", 2, 20), ("c", 3, 30)],
                                            store.seq)
-    assert stored == 3
-    assert store.get("old") is None  # evicted: the oldest insertion
+    assert stored == 2  # c, asked for once like every resident, is not let in
+    assert store.get("c") is None
     clock.advance(15)
     assert store.get("a") is None
-    assert store.get("b") == (2, 1020.0)
-    assert store.get("c") == (3, 1030.0)
+    assert store.get("b") == [2, 1020.0, 1]
+    assert value_of(store, "old") == "o"
 
 
 def test_batch_promotion_refuses_only_the_keys_that_moved(clock: FakeClock) -> None:
@@ -279,7 +343,7 @@ def test_batch_promotion_refuses_only_the_keys_that_moved(clock: FakeClock) -> N
 def test_hits_stop_when_the_listener_lease_runs_out(clock: FakeClock) -> None:
     store = LocalStore(10, clock)
     store.store_if_unchanged("k", "v", 60, store.seq)
-    assert store.get("k") == ("v", clock.monotonic() + 60)  # no lease yet (bus never up): served
+    assert value_of(store, "k") == "v"  # no lease yet (bus never up): served
     store.fresh_until = clock.monotonic() + 0.05
     clock.advance(0.049)
     assert store.get("k") is not None

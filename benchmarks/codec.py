@@ -184,9 +184,7 @@ def run(opts: h.Options) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = h.parser("python -m benchmarks.codec")
-    args = parser.parse_args()
-    run(h.options(args, ROUNDS))
+    h.cli(h.parser("python -m benchmarks.codec"), ROUNDS, run)
 
 
 if __name__ == "__main__":

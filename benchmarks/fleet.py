@@ -537,13 +537,9 @@ def chart(figures: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(opts: h.Options, classes: tuple[str, ...] = WORKER_CLASSES) -> dict[str, Any]:
-    started = time.monotonic()
-    with h.Server() as server:
-        version = server.version()
-        raw = measure(opts, server.url, server, classes)
+    raw, version, started = h.on_server(
+        lambda server: measure(opts, server.url, server, classes))
     figures = summarize(raw)
-    tbls = tables(figures, raw)
-    gls = goals(figures)
     params = {"workers": WORKERS, "threads": THREADS, "keys": KEYS,
               "zipf_s": ZIPF_S, "write_share": WRITE_SHARE,
               "concurrency": CONCURRENCY, "db_ms": DB_MS,
@@ -551,9 +547,9 @@ def run(opts: h.Options, classes: tuple[str, ...] = WORKER_CLASSES) -> dict[str,
               "documented_bound_s": DOCUMENTED_BOUND_S, "warm_s": raw["warm_s"],
               "seconds": raw["seconds"], "worker_classes": list(classes),
               "load_tool": "wrk" if shutil.which("wrk") else "python"}
-    return h.report(opts, NAME, version, started, params=params,
-                    figures=figures, raw_rounds=raw["rounds"], tables=tbls, goals=gls,
-                    chart=chart(figures))
+    return h.report(opts, NAME, version, started, params=params, figures=figures,
+                    raw_rounds=raw["rounds"], tables=tables(figures, raw),
+                    goals=goals(figures), chart=chart(figures))
 
 
 def main() -> None:

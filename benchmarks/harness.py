@@ -1,12 +1,14 @@
 """Shared pieces of the benchmark suite.
 
 * :class:`Server`: a private redis-server (or valkey-server) on a free loopback port, never
-  the machine's 6379, started and killed here (the approach of ``tests/servers.py``).
+  the machine's 6379, started and killed here (the approach of ``tests/servers.py``);
+  :func:`on_server` measures against a fresh one.
 * :func:`machine`: what the figures were measured on (CPU, Python, package versions, load).
 * :func:`pcts`, :func:`median_rounds`, :func:`median`: percentiles (p50/p90/p99/max, nearest
   rank) and "median of rounds". The suite reports no means anywhere.
 * :class:`Table`, :func:`goal`, :func:`write_result`: the printed table, the goal verdicts and
-  ``results/<name>.json`` that charts.py turns into a PNG and SUMMARY.md.
+  ``results/<name>.json`` that charts.py turns into a PNG and SUMMARY.md; :func:`parser` and
+  :func:`options`: a module's own command line.
 * :class:`Child`: a helper process driven by one line of text per command (stampede and
   invalidation readers run in their own processes, as fleet workers would).
 """
@@ -31,10 +33,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fleetcache.core.errors import FleetCacheError
 from fleetcache.server.embedded import find_server_binary
@@ -42,6 +44,8 @@ from tests.servers import Server as TestServer
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
+
+T = TypeVar("T")
 
 PACKAGES = (
     "fleetcache", "redis", "hiredis", "msgspec", "pottery", "cachetools", "theine",
@@ -109,6 +113,17 @@ class Server(TestServer):
             if command not in ("info", "config"):
                 out[command] = int(row["calls"])
         return out
+
+
+def on_server(measure: Callable[[Server], T]) -> tuple[T, str, float]:
+    """``measure(server)`` on a fresh private server, stopped after: what it returned, the
+    server's version and when the run started (its duration in the result counts from here,
+    the server's start included)."""
+    started = time.monotonic()
+    with Server() as server:
+        version = server.version()
+        measured = measure(server)
+    return measured, version, started
 
 
 def command_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
@@ -313,17 +328,40 @@ def report(
     return payload
 
 
-def parser(prog: str) -> argparse.ArgumentParser:
-    """The options every benchmark module takes when run on its own."""
+def parser(prog: str, child: str | None = None) -> argparse.ArgumentParser:
+    """The options every benchmark module takes when run on its own.
+
+    A module that is also its own helper process (``python -m benchmarks.<name> --reader``)
+    names that hidden flag as ``child`` (read back as ``args.child``, whatever its name): it
+    comes with the hidden ``--url`` (the server) and ``--ns`` (the namespace) that such a
+    process is started with.
+    """
     p = argparse.ArgumentParser(prog=prog)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--rounds", type=int)
+    if child is not None:
+        p.add_argument(child, dest="child", action="store_true", help=argparse.SUPPRESS)
+        p.add_argument("--url", help=argparse.SUPPRESS)
+        p.add_argument("--ns", help=argparse.SUPPRESS)
     return p
 
 
 def options(args: argparse.Namespace, rounds: Sequence[int]) -> Options:
     """Options from ``parser``'s arguments; ``rounds`` is (full, quick)."""
     return Options(quick=args.quick, rounds=args.rounds or rounds[not args.quick])
+
+
+def cli(parser: argparse.ArgumentParser, rounds: Sequence[int],
+        run: Callable[[Options], object],
+        child: Callable[[argparse.Namespace], None] | None = None) -> None:
+    """A module's ``main``: parse its command line, then be its helper process
+    (``child(args)``, when :func:`parser`'s hidden ``child`` flag is given) or ``run`` the
+    benchmark with the :func:`options` asked for."""
+    args = parser.parse_args()
+    if child is not None and args.child:
+        child(args)
+        return
+    run(options(args, rounds))
 
 
 def write_result(opts: Options, name: str, payload: dict[str, Any], server_version: str | None,

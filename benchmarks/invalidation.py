@@ -323,31 +323,19 @@ def chart(figures: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(opts: h.Options) -> dict[str, Any]:
-    started = time.monotonic()
-    with h.Server() as server:
-        version = server.version()
-        raw = measure(opts, server.url)
+    raw, version, started = h.on_server(lambda server: measure(opts, server.url))
     figures = summarize(raw)
-    tbls = tables(figures)
-    gls = goals(figures)
     params = {"readers": READERS, "poll_us": POLL_US, "tail_s": TAIL_S,
               "phases": raw["phases"]}
-    return h.report(opts, NAME, version, started, params=params,
-                    figures=figures, raw_rounds=raw["rounds"], tables=tbls, goals=gls,
+    return h.report(opts, NAME, version, started, params=params, figures=figures,
+                    raw_rounds=raw["rounds"], tables=tables(figures), goals=goals(figures),
                     chart=chart(figures))
 
 
 def main() -> None:
-    parser = h.parser("python -m benchmarks.invalidation")
-    parser.add_argument("--reader", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--url", help=argparse.SUPPRESS)
-    parser.add_argument("--ns", help=argparse.SUPPRESS)
+    parser = h.parser("python -m benchmarks.invalidation", child="--reader")
     parser.add_argument("--poll-us", type=int, default=POLL_US, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.reader:
-        reader(args)
-        return
-    run(h.options(args, ROUNDS))
+    h.cli(parser, ROUNDS, run, child=reader)
 
 
 if __name__ == "__main__":

@@ -237,25 +237,18 @@ def chart(figures: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(opts: h.Options) -> dict[str, Any]:
-    started = time.monotonic()
-    with h.Server() as server:
-        version = server.version()
-        raw = measure(opts, server.url)
+    raw, version, started = h.on_server(lambda server: measure(opts, server.url))
     figures = summarize(raw)
-    tbls = tables(figures, raw["n_ops"])
-    gls = goals(figures, raw["checks"])
     params = {"keys": KEYS, "batch": BATCH, "ttl_s": TTL, "n_ops": raw["n_ops"],
               "timer_ns": h.calibrate_timer()}
-    return h.report(opts, NAME, version, started, params=params,
-                    figures=figures, raw_rounds=raw["rounds"], tables=tbls, goals=gls,
-                    chart=chart(figures),
+    return h.report(opts, NAME, version, started, params=params, figures=figures,
+                    raw_rounds=raw["rounds"], tables=tables(figures, raw["n_ops"]),
+                    goals=goals(figures, raw["checks"]), chart=chart(figures),
                     extra={"cold_checks": raw["checks"]})
 
 
 def main() -> None:
-    parser = h.parser("python -m benchmarks.l2_hit")
-    args = parser.parse_args()
-    run(h.options(args, ROUNDS))
+    h.cli(h.parser("python -m benchmarks.l2_hit"), ROUNDS, run)
 
 
 if __name__ == "__main__":

@@ -325,31 +325,23 @@ def chart(figures: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(opts: h.Options, modes: tuple[str, ...] = MODES) -> dict[str, Any]:
-    started = time.monotonic()
-    with h.Server() as server:
-        version = server.version()
-        rounds = measure(opts, server, modes)
+    rounds, version, started = h.on_server(lambda server: measure(opts, server, modes))
     figures = summarize(rounds)
-    tbls = tables(figures)
-    gls = goals(figures)
     params = {"processes": PROCESSES, "callers_per_process": CALLERS,
               "compute_ms": COMPUTE_S * 1000, "modes": list(modes),
               "peers": list(PEERS)}
-    return h.report(opts, NAME, version, started, params=params,
-                    figures=figures, raw_rounds=rounds, tables=tbls, goals=gls,
+    return h.report(opts, NAME, version, started, params=params, figures=figures,
+                    raw_rounds=rounds, tables=tables(figures), goals=goals(figures),
                     chart=chart(figures))
 
 
 def main() -> None:
-    parser = h.parser("python -m benchmarks.stampede")
+    parser = h.parser("python -m benchmarks.stampede", child="--worker")
     parser.add_argument("--mode", choices=MODES, action="append")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--gevent", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--url", help=argparse.SUPPRESS)
-    parser.add_argument("--ns", help=argparse.SUPPRESS)
     parser.add_argument("--callers", type=int, default=CALLERS, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
+    if args.child:
         worker(args)
         return
     run(h.options(args, ROUNDS),

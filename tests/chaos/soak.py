@@ -54,6 +54,7 @@ import redis
 
 from fleetcache import BackendError, FleetCache
 
+from ..faults import deafen
 from ..servers import Server, binaries
 from .proxy import Proxy
 
@@ -187,7 +188,7 @@ def _worker(job: _Job) -> None:
             raise RuntimeError("bus not subscribed within 10 s")
         if job.sabotage:
             # Negative control: a listener that drops every invalidation on the floor.
-            cache._tiers.process().bus._on_key = lambda key: None  # type: ignore[attr-defined]
+            deafen(cache)
         raw = redis.Redis.from_url(job.direct_url, socket_timeout=5)
         job.barrier.wait(30)
         records = _work(job, cache, raw)

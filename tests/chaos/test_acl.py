@@ -24,6 +24,7 @@ import pytest
 
 from fleetcache import BackendError, FleetCache, FleetCacheError
 
+from ..helpers import run_threads, timed
 from ..integration.procs import hold
 from ..servers import Server, binaries
 from .conftest import wait_until
@@ -65,15 +66,6 @@ def auth_server(request: pytest.FixtureRequest) -> Iterator[tuple[Server, str]]:
 def url(server: Server, user: str, password: str | None) -> str:
     cred = "" if password is None else f"{user}:{quote(password, safe='')}@"
     return f"redis://{cred}127.0.0.1:{server.port}/0"
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    start = time.monotonic()
-    try:
-        result = fn()
-    except Exception as exc:
-        result = exc
-    return result, time.monotonic() - start
 
 
 def texts_of(exc: BaseException) -> list[str]:
@@ -154,11 +146,8 @@ def end_to_end(
         barrier.wait(5)
         results.append(cache.get_or_compute("cold", compute))
 
-    threads = [threading.Thread(target=race, args=(c,)) for c in (a, b) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
+    run_threads([threading.Thread(target=race, args=(c,)) for c in (a, b) for _ in range(3)],
+                10)
     assert results == [{"answer": 42}] * 6
     assert len(computes) == 1, f"{len(computes)} computes: the Redlock did not hold"
     assert a.stats().redis_errors == 0 and b.stats().redis_errors == 0

@@ -20,6 +20,7 @@ import redis
 
 from fleetcache import FleetCache
 
+from ..helpers import closing_all
 from ..integration.procs import ABSENT, hold
 from ..servers import Server
 from ..waiting import wait_until
@@ -38,17 +39,14 @@ def spaces(server: Server) -> Iterator[Callable[..., FleetCache]]:
     (``tX-b``, A's name plus a suffix); closed after the test."""
     base = "t" + uuid.uuid4().hex[:10]
     names = {"A": base, "B": base + "-b"}
-    made: list[FleetCache] = []
+    with closing_all() as keep:
 
-    def factory(space: str, **options: Any) -> FleetCache:
-        cache = FleetCache.from_url(server.url, namespace=names[space], **options)
-        made.append(cache)
-        assert cache.connect(wait=5.0), "invalidation bus did not subscribe"
-        return cache
+        def factory(space: str, **options: Any) -> FleetCache:
+            cache = keep(FleetCache.from_url(server.url, namespace=names[space], **options))
+            assert cache.connect(wait=5.0), "invalidation bus did not subscribe"
+            return cache
 
-    yield factory
-    for cache in made:
-        cache.close()
+        yield factory
 
 
 @pytest.fixture

@@ -15,17 +15,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import redis
 
 from fleetcache import BackendError, FleetCache
+from fleetcache.testing import connections
 
+from ..helpers import timed
 from ..integration.procs import ABSENT, hold
 from ..servers import Server
 from .conftest import assert_no_new_threads, wait_until
-from .proxy import Proxy
+from .proxy import Proxy, Scope
 
 pytestmark = pytest.mark.slow
 
@@ -40,15 +42,6 @@ def staleness_bound(cache: FleetCache) -> float:
     """The README's bound for serving an invalidated value."""
     c = cache.config
     return max(c.health_check_interval + c.health_check_timeout, c.degraded_l1_ttl)
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    start = monotonic()
-    try:
-        result = fn()
-    except Exception as exc:
-        result = exc
-    return result, monotonic() - start
 
 
 def served_from_l1(cache: FleetCache, key: str) -> bool:
@@ -307,8 +300,8 @@ def _watch(
     others: list[Any] = []
     while True:
         start = monotonic()
-        bus = victim._tiers.current.bus if victim._tiers.current else None
-        if down_at is None and bus is not None and not bus.connected:
+        conn = connections(victim)
+        if down_at is None and conn is not None and not conn.bus_connected:
             down_at = start  # looked before the get: a get after the flush may take 0.25 s
         value = victim.get(key, ABSENT)
         now = monotonic()
@@ -327,12 +320,21 @@ def _watch(
                    (last_stale - written_at) if last_stale else 0.0, slowest)
 
 
-def test_silent_pubsub_listener(
-    proxy: Proxy, own_server: Server, caches: Callable[..., FleetCache]
-) -> None:
-    """Only the listener's connection goes silent (data commands still work)."""
-    baseline = set(threading.enumerate())
-    victim = caches(proxy.url())  # the documented defaults: 1 s + 0.5 s watchdog, 1 s degraded
+class Warm(NamedTuple):
+    """:func:`_warm`'s pair of caches and the bounds they are held to."""
+
+    victim: FleetCache  # through the proxy
+    other: FleetCache  # straight to the server
+    bound: float  # :func:`staleness_bound` of the victim
+    detect_bound: float  # the watchdog's: health_check_interval + health_check_timeout
+    reconnects: int  # the victim's, before any fault
+
+
+def _warm(proxy: Proxy, own_server: Server, caches: Callable[..., FleetCache]) -> Warm:
+    """A victim through the proxy (the documented defaults: 1 s + 0.5 s watchdog, 1 s
+    degraded) and another cache, both connected; the victim holds "k" = "v1" and
+    "resident" in L1."""
+    victim = caches(proxy.url())
     other = caches(own_server.url)
     cfg = victim.config
     bound = staleness_bound(victim)
@@ -341,16 +343,34 @@ def test_silent_pubsub_listener(
     other.set("k", "v1")
     other.set("resident", "r")
     assert hold(victim, "k") == "v1" and hold(victim, "resident") == "r"
-    reconnects = victim.stats().reconnects
+    return Warm(victim, other, bound, detect_bound, victim.stats().reconnects)
 
-    # The worst moment: just after the watchdog's PONG, so the next PING is a full interval off.
+
+def _blackhole_after_a_pong(proxy: Proxy, scope: Scope) -> tuple[float, int]:
+    """Blackhole the ``scope`` connections (new ones too) at the worst moment: just after the
+    watchdog's PONG, so the next PING is a full interval off; (when, how many)."""
     proxy.wait_for_chunk("pubsub", "down", timeout=3.0)
     blackholed_at = monotonic()
-    assert proxy.blackhole("pubsub", new_connections=True) == 1
+    return blackholed_at, proxy.blackhole(scope, new_connections=True)
+
+
+def _write_v2_and_watch(victim: FleetCache, other: FleetCache, bound: float) -> Watched:
+    """``other`` sets "k" to "v2"; the victim's reads of it until past ``bound``."""
     other.set("k", "v2")
     written_at = monotonic()
-    seen = _watch(victim, "k", "v1", "v2", written_at=written_at,
+    return _watch(victim, "k", "v1", "v2", written_at=written_at,
                   until=written_at + bound + SLACK + 0.3)
+
+
+def test_silent_pubsub_listener(
+    proxy: Proxy, own_server: Server, caches: Callable[..., FleetCache]
+) -> None:
+    """Only the listener's connection goes silent (data commands still work)."""
+    baseline = set(threading.enumerate())
+    victim, other, bound, detect_bound, reconnects = _warm(proxy, own_server, caches)
+    blackholed_at, cut = _blackhole_after_a_pong(proxy, "pubsub")
+    assert cut == 1
+    seen = _write_v2_and_watch(victim, other, bound)
     down_at = seen.down_at
     assert down_at is not None, "the watchdog never noticed the silent bus"
     detect = down_at - blackholed_at
@@ -430,24 +450,10 @@ def test_every_connection_blackholed_after_the_bus_is_up(
 ) -> None:
     """Everything through the proxy goes silent (a partition): reads degrade, L1 is flushed."""
     baseline = set(threading.enumerate())
-    victim = caches(proxy.url())
-    other = caches(own_server.url)
-    cfg = victim.config
-    bound = staleness_bound(victim)
-    detect_bound = cfg.health_check_interval + cfg.health_check_timeout
-    assert victim.connect(wait=5.0) and other.connect(wait=5.0)
-    other.set("k", "v1")
-    other.set("resident", "r")
-    assert hold(victim, "k") == "v1" and hold(victim, "resident") == "r"
-    reconnects = victim.stats().reconnects
-
-    proxy.wait_for_chunk("pubsub", "down", timeout=3.0)
-    blackholed_at = monotonic()
-    assert proxy.blackhole("all", new_connections=True) >= 2
-    other.set("k", "v2")
-    written_at = monotonic()
-    seen = _watch(victim, "k", "v1", "v2", written_at=written_at,
-                  until=written_at + bound + SLACK + 0.3)
+    victim, other, bound, detect_bound, reconnects = _warm(proxy, own_server, caches)
+    blackholed_at, cut = _blackhole_after_a_pong(proxy, "all")
+    assert cut >= 2
+    seen = _write_v2_and_watch(victim, other, bound)
     assert seen.down_at is not None, "the watchdog never noticed the partition"
     detect = seen.down_at - blackholed_at
     worst = seen.worst_staleness

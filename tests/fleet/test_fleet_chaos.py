@@ -403,6 +403,24 @@ def check_write_reaches_every_worker(fleet: Fleet, product: int) -> dict[str, An
     return {"reads": reads, "early_stale": early_stale}
 
 
+def check_recovered(
+    fleet: Fleet, raw: redis.Redis, before: int, report: list[str], product: int, *,
+    fault: str, healthy: str, after: str, short: str,
+) -> None:
+    """After a fault the fleet got over: with the same traffic as before it, at most two
+    connections more than ``before`` and one listener per worker, and a write of
+    ``product`` reaches every worker (both noted in ``report``)."""
+    exercise(fleet)
+    total, subscribed, seen = settle_connections(raw, bound=before + 2)
+    report.append(f"{fault}: {healthy}, {total} connections ({subscribed} listeners)")
+    assert total <= before + 2 and subscribed == WORKERS, (
+        f"after {after}: {total} connections, {subscribed} listeners "
+        f"(before: {before}, {WORKERS}); last counts {seen[-5:]}; "
+        f"clients {[c.get('cmd') for c in raw.client_list()]}")
+    outcome = check_write_reaches_every_worker(fleet, product)
+    report.append(f"write after {short}: {outcome}")
+
+
 def test_worker_kill_and_hup_reload_leak_no_connections(
     start_fleet: StartFleet, own_server: Server, tmp_path: Path
 ) -> None:
@@ -425,16 +443,9 @@ def test_worker_kill_and_hup_reload_leak_no_connections(
             assert not wait_gone([victim], 10), f"worker {victim.pid} survived SIGKILL"
             pids = wait_replaced(fleet, {victim.pid})
             back = monotonic() - t0
-            exercise(fleet)
-            total, subscribed, seen = settle_connections(raw, bound=before + 2)
-            report.append(f"worker kill: 4 healthy after {back:.2f} s, {total} connections "
-                          f"({subscribed} listeners)")
-            assert total <= before + 2 and subscribed == WORKERS, (
-                f"after a worker was SIGKILLed: {total} connections, {subscribed} "
-                f"listeners (before: {before}, {WORKERS}); last counts {seen[-5:]}; "
-                f"clients {[c.get('cmd') for c in raw.client_list()]}")
-            outcome = check_write_reaches_every_worker(fleet, PRODUCTS[1])
-            report.append(f"write after kill: {outcome}")
+            check_recovered(fleet, raw, before, report, PRODUCTS[1], fault="worker kill",
+                            healthy=f"4 healthy after {back:.2f} s",
+                            after="a worker was SIGKILLed", short="kill")
 
             # 2. HUP the master: a new generation of workers, the old ones stop gracefully.
             old = [Proc.of(p) for p in pids]
@@ -444,16 +455,9 @@ def test_worker_kill_and_hup_reload_leak_no_connections(
             back = monotonic() - t0
             left = wait_gone([p for p in old if p is not None], 15)
             assert not left, f"old workers still running after HUP: {left}"
-            exercise(fleet)
-            total, subscribed, seen = settle_connections(raw, bound=before + 2)
-            report.append(f"HUP: {len(new)} new healthy workers after {back:.2f} s, {total} "
-                          f"connections ({subscribed} listeners)")
-            assert total <= before + 2 and subscribed == WORKERS, (
-                f"after a HUP reload: {total} connections, {subscribed} listeners "
-                f"(before: {before}, {WORKERS}); last counts {seen[-5:]}; "
-                f"clients {[c.get('cmd') for c in raw.client_list()]}")
-            outcome = check_write_reaches_every_worker(fleet, PRODUCTS[2])
-            report.append(f"write after HUP: {outcome}")
+            check_recovered(fleet, raw, before, report, PRODUCTS[2], fault="HUP",
+                            healthy=f"{len(new)} new healthy workers after {back:.2f} s",
+                            after="a HUP reload", short="HUP")
             # The product written before the reload, too: the new generation reads it fresh.
             check_write_reaches_every_worker(fleet, PRODUCTS[1])
         # The fleet is stopped: its connections must all be gone (only ours is left).

@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Any
 
 from fleetcache import FleetCache
+from fleetcache.testing import connections, l1_size
 
 CTX = mp.get_context("fork")
 ABSENT = "<absent>"  # the default every get() here passes: what a missing key reads as
@@ -243,7 +244,7 @@ def await_reconnected(cache: FleetCache, timeout: float) -> dict[str, int]:
 
 def fork_state(cache: FleetCache, key: str) -> dict[str, Any]:
     """What a cache inherited from the parent looks like in a fresh child, first thing."""
-    l1_at_start = len(cache._l1)
+    l1_at_start = l1_size(cache)
     stats_at_start = dataclasses.asdict(cache.stats())
     value = cache.get(key, ABSENT)
     after = cache.stats()
@@ -262,14 +263,13 @@ def fork_state(cache: FleetCache, key: str) -> dict[str, Any]:
 
 def identity(cache: FleetCache) -> dict[str, Any]:
     """Which connection, pool, listener and sender id this process's cache uses."""
-    proc = cache._tiers.current
-    assert proc is not None
-    thread = proc.bus._thread
+    conn = connections(cache)
+    assert conn is not None
     return {
-        "client_id": proc.client.client_id(),
-        "pool_pid": proc.client.connection_pool.pid,
-        "listener_alive": thread is not None and thread.is_alive(),
-        "sender_id": proc.bus.sender_id,
+        "client_id": conn.client.client_id(),
+        "pool_pid": conn.client.connection_pool.pid,
+        "listener_alive": conn.listener_alive,
+        "sender_id": conn.sender_id,
     }
 
 

@@ -9,6 +9,8 @@ import pytest
 
 from fleetcache import FleetCache, ValueEncodeError
 
+from ..helpers import run_threads
+
 
 def test_add_stores_only_when_absent(cache: FleetCache) -> None:
     assert cache.add("k", {"v": 1}, ttl=60) is True
@@ -31,11 +33,7 @@ def test_concurrent_adds_from_two_instances_have_one_winner(
         if (a if i % 2 else b).add("race", i, ttl=60):
             wins.append(i)
 
-    threads = [threading.Thread(target=contender, args=(i,)) for i in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(5)
+    run_threads([threading.Thread(target=contender, args=(i,)) for i in range(16)], 5)
     assert len(wins) == 1
     assert a.get("race") == wins[0] == b.get("race")
 

@@ -15,6 +15,7 @@ from fleetcache import (
     InvalidKeyError,
     ValueEncodeError,
 )
+from fleetcache.testing import l1_entry, l1_size
 
 from ..servers import Server
 from ..waiting import wait_until
@@ -108,7 +109,7 @@ def test_bulk_writes_with_redis_down_raise_and_keep_no_old_value(
     own_server.stop()
     with pytest.raises(BackendError):
         cache.set_many({"a": 10, "b": 20})
-    assert cache._l1.get("a") is None and cache._l1.get("b") is None
+    assert l1_entry(cache, "a") is None and l1_entry(cache, "b") is None
     with pytest.raises(BackendError):
         cache.delete_many(["a"])
 
@@ -118,7 +119,7 @@ def test_a_list_notice_with_a_non_string_key_flushes_l1(
 ) -> None:
     a, b = pair
     a.set("k", "v")
-    assert wait_until(lambda: b.get("k") == "v" and len(b._l1) == 1)
+    assert wait_until(lambda: b.get("k") == "v" and l1_size(b) == 1)
     bogus = msgspec.msgpack.encode([b"someone-else", ["ok", 7], False])
     raw.publish(b.keys.channel, bogus)
-    assert wait_until(lambda: len(b._l1) == 0), "a notice B could not fully read was ignored"
+    assert wait_until(lambda: l1_size(b) == 0), "a notice B could not fully read was ignored"

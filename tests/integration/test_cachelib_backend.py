@@ -20,7 +20,6 @@ import redis
 from flask import Flask
 from flask_caching import Cache
 
-import fleetcache.core.config
 from fleetcache import (
     BackendError,
     ConfigError,
@@ -29,43 +28,26 @@ from fleetcache import (
 )
 from fleetcache.flask_caching import NO_EXPIRY_SECONDS, FleetCacheBackend
 
-from ..servers import Server, free_port
+from ..helpers import closing_all, run_threads
+from ..servers import DEAD_URL, Server, free_port
+
+pytestmark = pytest.mark.usefixtures("no_url_env")
 
 CACHE_TYPE = "fleetcache.flask_caching.FleetCacheBackend"
-DEAD_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1; never the machine's 6379
 
 MakeBackend = Callable[..., FleetCacheBackend]
 
 
-@pytest.fixture(autouse=True)
-def _no_url_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test may reach a server through the runner's environment or the 6379 default."""
-    monkeypatch.delenv("FLEETCACHE_REDIS_URL", raising=False)
-    monkeypatch.delenv("REDIS_URL", raising=False)
-    monkeypatch.setattr(fleetcache.core.config, "DEFAULT_URL", DEAD_URL)
-
-
 @pytest.fixture
 def make_backend(server: Server, namespace: str) -> Iterator[MakeBackend]:
-    made: list[FleetCacheBackend] = []
+    with closing_all() as keep:
 
-    def factory(*args: Any, **options: Any) -> FleetCacheBackend:
-        options.setdefault("url", server.url)
-        options.setdefault("namespace", namespace)
-        backend = FleetCacheBackend(*args, **options)
-        made.append(backend)
-        return backend
+        def factory(*args: Any, **options: Any) -> FleetCacheBackend:
+            options.setdefault("url", server.url)
+            options.setdefault("namespace", namespace)
+            return keep(FleetCacheBackend(*args, **options))
 
-    yield factory
-    for backend in made:
-        backend.close()
-
-
-@pytest.fixture
-def raw(server: Server) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(server.url)
-    yield client
-    client.close()
+        yield factory
 
 
 class TestCommon:
@@ -258,11 +240,7 @@ def test_add_is_atomic_across_caches(make_backend: MakeBackend) -> None:
             start.wait()
             results.append((n, backends[n % 2].add(key, n)))
 
-        threads = [threading.Thread(target=attempt, args=(n,)) for n in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(10)
+        run_threads([threading.Thread(target=attempt, args=(n,)) for n in range(8)], 10)
         winners = [n for n, added in results if added]
         assert len(results) == 8
         assert len(winners) == 1, results
@@ -278,11 +256,7 @@ def test_inc_is_atomic_within_a_process(make_backend: MakeBackend) -> None:
         for _ in range(25):
             backend.inc("hits")
 
-    threads = [threading.Thread(target=bump) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    run_threads([threading.Thread(target=bump) for _ in range(8)], 30)
     assert backend.get("hits") == 200
 
 

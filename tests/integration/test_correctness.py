@@ -34,6 +34,7 @@ from fleetcache import (
 )
 from fleetcache.flask_caching import FleetCacheBackend
 
+from ..helpers import run_threads
 from ..servers import Server, binaries
 from ..waiting import wait_until
 
@@ -186,12 +187,8 @@ def test_inc_is_atomic_across_processes(server: Server) -> None:
     namespace = "t" + uuid.uuid4().hex[:12]
     backends = [FleetCacheBackend(url=server.url, namespace=namespace) for _ in range(3)]
     try:
-        threads = [threading.Thread(target=lambda b=b: [b.inc("n") for _ in range(50)])
-                   for b in backends for _ in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
+        run_threads([threading.Thread(target=lambda b=b: [b.inc("n") for _ in range(50)])
+                     for b in backends for _ in range(2)], 30)
         assert backends[0].get("n") == 300
         assert backends[1].cache.incr("n", -300) == 0
     finally:
@@ -379,11 +376,7 @@ def test_pool_exhaustion_is_not_reported_as_an_outage(make_cache: MakeCache) -> 
         except BackendError as exc:
             outcomes.append(exc)
 
-    threads = [threading.Thread(target=block) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
+    run_threads([threading.Thread(target=block) for _ in range(6)], 10)
     errors = [o for o in outcomes if isinstance(o, BackendError)]
     assert errors and all(type(e) is PoolExhaustedError for e in errors), outcomes
     assert "unreachable" not in str(errors[0])

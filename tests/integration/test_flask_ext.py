@@ -16,7 +16,6 @@ import pytest
 import redis
 from flask import Flask, abort, jsonify, request
 
-import fleetcache.core.config
 from fleetcache import CacheStrategy, ConfigError, FleetCache, InvalidArgumentError
 from fleetcache.flask import (
     EXTENSION_KEY,
@@ -26,17 +25,10 @@ from fleetcache.flask import (
     current_cache,
 )
 
-from ..servers import Server
+from ..helpers import run_threads
+from ..servers import DEAD_URL, Server
 
-DEAD_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1; never the machine's 6379
-
-
-@pytest.fixture(autouse=True)
-def _no_url_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test may reach a server through the runner's environment or the 6379 default."""
-    monkeypatch.delenv("FLEETCACHE_REDIS_URL", raising=False)
-    monkeypatch.delenv("REDIS_URL", raising=False)
-    monkeypatch.setattr(fleetcache.core.config, "DEFAULT_URL", DEAD_URL)
+pytestmark = pytest.mark.usefixtures("no_url_env")
 
 
 @pytest.fixture
@@ -469,11 +461,7 @@ def test_concurrent_cold_requests_run_the_view_once(make_app: Callable[..., Flas
         start.wait()
         bodies.append(client.get("/slow").data)
 
-    threads = [threading.Thread(target=fetch) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
+    run_threads([threading.Thread(target=fetch) for _ in range(6)], 10)
     assert bodies == [b"done"] * 6
     assert calls.calls == 1
 

@@ -18,7 +18,10 @@ import pytest
 import redis
 
 from fleetcache import BackendError, FleetCache
+from fleetcache.testing import l1_entry, l1_lease, l1_size, l1_version
 
+from ..faults import l2_replaced, lapse_lease
+from ..helpers import run_threads
 from ..servers import Server
 from ..waiting import wait_until
 
@@ -132,30 +135,25 @@ def test_invalidation_landing_during_an_l2_read_is_not_undone(
     """B's GET returns the old value, and A's notice is applied before B stores it in L1."""
     a, b = pair
     set_quietly(a, b, "k", "old")
-    proc = b._tiers.process()
-    real = proc.l2
     raced: list[bool] = []
 
     def hook(called: str, _: Any) -> None:
         if raced:
             return
         raced.append(True)
-        seq = b._l1.seq
+        seq = l1_version(b)
         before = b.stats().invalidations_received
         a.set("k", "new")  # the GET already has "old" in hand
         assert wait_until(lambda: b.stats().invalidations_received > before)
-        assert wait_until(lambda: b._l1.seq != seq), "B's L1 never applied the notice"
+        assert wait_until(lambda: l1_version(b) != seq), "B's L1 never applied the notice"
 
-    proc.l2 = RacingStore(real, hook)  # type: ignore[assignment]
-    try:
+    with l2_replaced(b, lambda real: RacingStore(real, hook)):
         if method == "get":
             got = b.get("k")
         elif method == "get_many":
             got = b.get_many(["k"])["k"]
         else:
             got = b.get_or_compute("k", lambda: "computed")
-    finally:
-        proc.l2 = real
     assert raced, "the read never reached L2"
     assert got == "old"  # linearizable: the read happened before the write
     assert b.stats().promotions == 0
@@ -172,8 +170,6 @@ def test_in_process_write_during_an_l2_read_is_not_undone(
     """T1 holds the old L2 value while T2 (same cache) writes; T1 must not store it."""
     a, b = pair
     set_quietly(a, b, "k", "old")
-    proc = b._tiers.process()
-    real = proc.l2
     fetched, written = threading.Event(), threading.Event()
     results: dict[str, Any] = {}
     errors: list[BaseException] = []
@@ -201,15 +197,9 @@ def test_in_process_write_during_an_l2_read_is_not_undone(
         finally:
             written.set()
 
-    proc.l2 = RacingStore(real, hook)  # type: ignore[assignment]
-    threads = [threading.Thread(target=t1, name="T1"), threading.Thread(target=t2, name="T2")]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(5.0)
-    finally:
-        proc.l2 = real
+    with l2_replaced(b, lambda real: RacingStore(real, hook)):
+        threads = run_threads([threading.Thread(target=t1, name="T1"),
+                               threading.Thread(target=t2, name="T2")], 5.0)
     assert not any(t.is_alive() for t in threads)
     assert not errors, errors
     assert results["t1"] == "old"
@@ -305,7 +295,7 @@ def test_l1_entries_stored_while_the_bus_is_down_live_degraded_l1_ttl(
         for _ in range(50):
             promoted_at = time.monotonic()
             assert c.get("k") == "old"
-            entry = c._l1.data.get("k")
+            entry = l1_entry(c, "k")
             if entry is not None:
                 break
         assert entry is not None, "nothing was ever stored in L1 while the bus was down"
@@ -335,7 +325,7 @@ def test_unreadable_notice_flushes_l1_and_logs_sparingly(
     with caplog.at_level(logging.WARNING, logger="fleetcache"):
         for _ in range(5):
             raw.publish(channel, b"\xc1 not msgpack")
-        assert wait_until(lambda: len(b._l1) == 0), "B kept its L1 after an unreadable notice"
+        assert wait_until(lambda: l1_size(b) == 0), "B kept its L1 after an unreadable notice"
         assert wait_until(lambda: sum("unreadable message" in r.getMessage()
                                       for r in caplog.records) >= 6)
     time.sleep(0.1)
@@ -352,7 +342,7 @@ def test_the_idle_listener_keeps_renewing_l1s_lease(cache: FleetCache) -> None:
     seen = set()
     deadline = time.monotonic() + 0.5
     while time.monotonic() < deadline:
-        until = cache._l1.fresh_until
+        until = l1_lease(cache)
         assert until - time.monotonic() <= lag
         seen.add(until)
         assert cache.get("k") == 1
@@ -367,12 +357,12 @@ def test_a_down_bus_lifts_the_lease(own_server: Server) -> None:
     cache = FleetCache.from_url(own_server.url, namespace="lease")
     try:
         assert cache.connect(wait=5.0)
-        assert cache._l1.fresh_until != math.inf
+        assert l1_lease(cache) != math.inf
         own_server.kill()
         deadline = time.monotonic() + 5
-        while cache._l1.fresh_until != math.inf and time.monotonic() < deadline:
+        while l1_lease(cache) != math.inf and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert cache._l1.fresh_until == math.inf
+        assert l1_lease(cache) == math.inf
         assert cache.get_or_compute("k", lambda: "computed") == "computed"
         assert cache.get_or_compute("k", lambda: "again") == "computed"  # L1, degraded
     finally:
@@ -382,9 +372,9 @@ def test_a_down_bus_lifts_the_lease(own_server: Server) -> None:
 def test_get_many_waits_for_a_late_listener_only_for_keys_it_holds(cache: FleetCache) -> None:
     """Cold keys go straight to Redis: only a live L1 entry is worth waiting for."""
     cache.set("held", 1)
-    cache._l1.fresh_until = 0.0  # as if the listener had fallen behind
+    lapse_lease(cache)  # as if the listener had fallen behind
     assert cache.get_many(["cold1", "cold2"]) == {}
     assert cache.stats().listener_waits == 0
-    cache._l1.fresh_until = 0.0
+    lapse_lease(cache)
     assert cache.get_many(["held", "cold1"]) == {"held": 1}
     assert cache.stats().listener_waits == 1  # one wait for the held key, then a fresh lease

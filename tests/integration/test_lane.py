@@ -19,6 +19,7 @@ from fleetcache.core.config import CacheConfig
 from fleetcache.redis.client import make_client
 from fleetcache.redis.lane import CommandLane
 
+from ..helpers import run_threads
 from ..servers import Server
 
 
@@ -108,11 +109,7 @@ def test_idle_connections_stay_within_keep_and_the_pool_bounds_the_total(
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    run_threads([threading.Thread(target=worker) for _ in range(6)], 30)
     assert not errors
     # Six callers at once needed more than `keep` connections; the rest went to the pool.
     assert len(lane._idle) <= 2 < len(pool._connections)  # type: ignore[attr-defined]

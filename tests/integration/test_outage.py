@@ -8,7 +8,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
@@ -19,20 +18,11 @@ from fleetcache import (
     FleetCacheError,
 )
 
+from ..helpers import timed
 from ..servers import Server, binaries
 from ..waiting import wait_until
 
 BOUND = 1.5  # no cache call may take longer than this while Redis is sick
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    """``(result or raised exception, seconds)``."""
-    start = time.monotonic()
-    try:
-        result = fn()
-    except Exception as exc:
-        result = exc
-    return result, time.monotonic() - start
 
 
 def assert_reads_degrade(cache: FleetCache) -> None:

@@ -12,6 +12,7 @@ import redis
 from fleetcache import FleetCache
 from fleetcache.testing import FakeClock
 
+from ..faults import l2_replaced
 from ..waiting import wait_until
 
 MakeCache = Callable[..., FleetCache]
@@ -107,25 +108,23 @@ def test_get_many_mixes_l1_hits_and_one_round_trip_for_the_rest(
     set_on_a_quietly(a, b, "cold", "c")
     assert b.get("warm") == "w"
     calls: list[list[str]] = []
-    proc = b._tiers.process()
-    real = proc.l2
 
     class Spy:
+        def __init__(self, real: Any) -> None:
+            self.real = real
+
         def __getattr__(self, name: str) -> Any:
-            return getattr(real, name)
+            return getattr(self.real, name)
 
         def get_many(self, keys: list[str]) -> list[bytes | None]:
             calls.append(list(keys))
-            return real.get_many(keys)
+            return self.real.get_many(keys)  # type: ignore[no-any-return]
 
         def get(self, key: str) -> bytes | None:
             raise AssertionError("get_many must not fall back to one GET per key")
 
-    proc.l2 = Spy()  # type: ignore[assignment]
-    try:
+    with l2_replaced(b, Spy):
         assert b.get_many(["warm", "cold", "nope"]) == {"warm": "w", "cold": "c"}
-    finally:
-        proc.l2 = real
     assert calls == [["cold", "nope"]]
 
 

@@ -6,7 +6,7 @@ import pytest
 import redis
 
 from fleetcache import ConfigError, FleetCache
-from fleetcache.testing import FakeClock
+from fleetcache.testing import FakeClock, connections
 
 from ..servers import Server
 
@@ -21,7 +21,8 @@ def test_an_existing_client_is_used_as_it_is_and_left_open(
         assert cache.connect(wait=5.0) and other.connect(wait=5.0)
         cache.set("k", {"v": 1})
         assert other.get("k") == {"v": 1}  # the same server, the same layout
-        assert cache._tiers.process().client is client
+        used = connections(cache)
+        assert used is not None and used.client is client
     finally:
         cache.close()
         other.close()

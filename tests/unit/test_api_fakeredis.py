@@ -31,6 +31,8 @@ from fleetcache import (
     ValueTooLargeError,
 )
 
+from ..helpers import run_threads, serving
+
 fakeredis = pytest.importorskip("fakeredis")
 pytest.importorskip("lupa", reason="pottery's Redlock needs Lua: install fakeredis[lua]")
 
@@ -45,17 +47,8 @@ Factory = Callable[..., FleetCache]
 @pytest.fixture(scope="module")
 def fake_url() -> Iterator[str]:
     """A fakeredis TCP server on a free loopback port, served from a daemon thread."""
-    srv = fakeredis.TcpFakeServer(("127.0.0.1", 0))
-    srv.daemon_threads = True  # handler threads must never keep the interpreter alive
-    port = srv.server_address[1]
-    thread = threading.Thread(
-        target=srv.serve_forever, kwargs={"poll_interval": 0.05}, name="fakeredis-tcp",
-        daemon=True,
-    )
-    thread.start()
-    yield f"redis://127.0.0.1:{port}/0"
-    srv.shutdown()
-    srv.server_close()
+    with serving(fakeredis.TcpFakeServer(("127.0.0.1", 0))) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -81,11 +74,7 @@ def make(fake_url: str, namespace: str) -> Iterator[Factory]:
 
     yield factory
     # In parallel: each close waits up to one listener poll (~0.1 s) for its thread.
-    closers = [threading.Thread(target=cache.close) for cache in made]
-    for closer in closers:
-        closer.start()
-    for closer in closers:
-        closer.join(10)
+    run_threads([threading.Thread(target=cache.close) for cache in made], 10)
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from fleetcache import FleetCache, InvalidKeyError
 
+from ..helpers import serving
 from ..servers import free_port
 
 fakeredis = pytest.importorskip("fakeredis")
@@ -89,14 +90,8 @@ class _NoDelayServer(fakeredis.TcpFakeServer):  # type: ignore[misc]
 @pytest.fixture(scope="module")
 def fake_url() -> Iterator[str]:
     """A fakeredis TCP server on a free loopback port, served from a daemon thread."""
-    srv = _NoDelayServer(("127.0.0.1", 0))
-    srv.daemon_threads = True
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05},
-                              name="fakeredis-tcp", daemon=True)
-    thread.start()
-    yield f"redis://127.0.0.1:{srv.server_address[1]}/0"
-    srv.shutdown()
-    srv.server_close()
+    with serving(_NoDelayServer(("127.0.0.1", 0))) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,8 @@ import time
 
 from fleetcache.core.keyed_locks import KeyedLocks
 
+from ..helpers import run_threads
+
 
 def test_same_key_is_exclusive_and_other_keys_are_not() -> None:
     locks = KeyedLocks()
@@ -20,11 +22,7 @@ def test_same_key_is_exclusive_and_other_keys_are_not() -> None:
             time.sleep(0.02)
             inside.remove(key)
 
-    threads = [threading.Thread(target=hold, args=(k,)) for k in ("a", "a", "a", "b")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(5)
+    run_threads([threading.Thread(target=hold, args=(k,)) for k in ("a", "a", "a", "b")], 5)
     assert not any(overlap)
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from . import charts
 from . import harness as h
 
-BENCHMARKS = ("l1_hit", "l2_hit", "codec", "stampede", "invalidation", "fleet", "memory")
+BENCHMARKS = ("l1_hit", "l2_hit", "codec", "stampede", "invalidation", "fleet", "memory",
+              "hit_ratio")
 
 
 def main(argv: list[str] | None = None) -> int:

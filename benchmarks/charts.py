@@ -18,7 +18,7 @@ from typing import Any
 
 from . import harness as h
 
-ORDER = ("l1_hit", "l2_hit", "codec", "stampede", "invalidation", "fleet", "memory")
+ORDER = ("l1_hit", "l2_hit", "codec", "stampede", "invalidation", "fleet", "memory", "hit_ratio")
 TITLES = {
     "l1_hit": "1. L1 hit, write and eviction",
     "l2_hit": "2. L2 hit (L1 cold)",
@@ -27,6 +27,7 @@ TITLES = {
     "invalidation": "5. Invalidation delay",
     "fleet": "6. Fleet (gunicorn)",
     "memory": "7. Memory",
+    "hit_ratio": "8. L1 hit ratio (eviction policy)",
 }
 
 

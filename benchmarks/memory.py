@@ -6,7 +6,9 @@ entries are in (gc collected both times); the delta is the figure. fleetcache's 
 the way a worker fills it, by reads: ``get_many`` of 1,000 keys at a time from Redis, where
 this process stored the values first (in fleetcache's own format). The other peers get the
 same values decoded by msgspec from the same MessagePack bytes, so every peer holds objects
-of the same shape. Peers: a plain dict (the floor), cachetools.TTLCache and LRUCache.
+of the same shape. Peers: a plain dict (the floor), cachetools.TTLCache and LRUCache, and
+theine (W-TinyLFU, entries stored with the same TTL). fleetcache's figure includes its
+frequency sketch (16 one-byte counters per entry of capacity).
 
     python -m benchmarks.memory [--quick]
 """
@@ -27,7 +29,8 @@ NAME = "memory"
 ROUNDS = (1, 3)  # (--quick, full)
 ENTRIES = 100_000
 TTL = 3600
-PEERS = ("dict (floor)", "fleetcache L1", "cachetools TTLCache", "cachetools LRUCache")
+PEERS = ("dict (floor)", "fleetcache L1", "cachetools TTLCache", "cachetools LRUCache",
+         "theine Cache")
 
 
 def make_value(i: int) -> dict[str, Any]:
@@ -59,6 +62,18 @@ def child(args: argparse.Namespace) -> None:
         for start in range(0, n, 1000):
             cache.get_many([_key(i) for i in range(start, min(n, start + 1000))])
         held = cache.health().l1_size
+    elif args.peer == "theine Cache":
+        import datetime
+
+        import theine
+
+        cache_: Any = theine.Cache(n + 1000)
+        ttl = datetime.timedelta(seconds=TTL)
+        gc.collect()
+        before = h.rss_bytes()
+        for i in range(n):
+            cache_.set(_key(i), dec(enc(make_value(i))), ttl)
+        held = len(cache_)
     else:
         import cachetools
 
@@ -159,34 +174,24 @@ def chart(figures: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(opts: h.Options) -> dict[str, Any]:
-    started = time.monotonic()
-    with h.Server() as server:
-        version = server.version()
-        raw = measure(opts, server.url)
+    raw, version, started = h.on_server(lambda server: measure(opts, server.url))
     figures = summarize(raw)
-    tbls = tables(figures, raw["value_bytes"])
     fc = figures["fleetcache L1"]
-    gls = [h.goal("RSS growth vs cachetools.TTLCache (informative: no target given)",
-                  fc["ratio_to_ttlcache"], "report", None)]
+    gls = [h.goal("fleetcache L1: RSS growth per entry <= 1.2x cachetools.TTLCache's",
+                  fc["ratio_to_ttlcache"], "<= 1.2", fc["ratio_to_ttlcache"] <= 1.2,
+                  f"theine {figures['theine Cache']['ratio_to_ttlcache']:.2f}x")]
     params = {"entries": ENTRIES, "encoded_value_bytes": raw["value_bytes"],
               "value_json_bytes": len(json.dumps(make_value(0)))}
-    return h.report(opts, NAME, version, started, params=params,
-                    figures=figures, raw_rounds=raw["rounds"], tables=tbls, goals=gls,
-                    chart=chart(figures))
+    return h.report(opts, NAME, version, started, params=params, figures=figures,
+                    raw_rounds=raw["rounds"], tables=tables(figures, raw["value_bytes"]),
+                    goals=gls, chart=chart(figures))
 
 
 def main() -> None:
-    parser = h.parser("python -m benchmarks.memory")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser = h.parser("python -m benchmarks.memory", child="--child")
     parser.add_argument("--peer", help=argparse.SUPPRESS)
-    parser.add_argument("--url", help=argparse.SUPPRESS)
-    parser.add_argument("--ns", help=argparse.SUPPRESS)
     parser.add_argument("--entries", type=int, default=ENTRIES, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        child(args)
-        return
-    run(h.options(args, ROUNDS))
+    h.cli(parser, ROUNDS, run, child=child)
 
 
 if __name__ == "__main__":

@@ -22,13 +22,13 @@ FIFO, LRU, SIEVE, S3-FIFO, ARC, LIRS and W-TinyLFU on the same traces before thi
 chosen). A hit adds one to its entry's counter: one integer store, no lock, no reorder. A
 key that is not in L1 is counted in a :class:`~.sketch.FrequencySketch` each time a read
 misses it and would promote it. When L1 is full, the weakest of the ``SAMPLE`` oldest
-entries (fewest hits plus sketch count; an expired one first) is the eviction candidate,
+entries (lowest count; an expired one first) is the eviction candidate,
 and the newcomer takes its place only if it was asked for more often (TinyLFU admission):
 a burst of one-off keys, such as a sweep, cannot push the hot set out. The sampled entries
 that survive go to the back, so the next eviction looks at others (a CLOCK hand). Every
 ``10 x capacity`` counted misses, all counts are halved, so a key that stops being read
-loses its place. An entry that leaves (evicted, invalidated, overwritten by a notice) gives
-its hits to the sketch, so a hot key invalidated by a write is admitted again at once.
+loses its place. An entry that leaves (evicted, invalidated, flushed) hands its count back
+to the sketch, so a hot key invalidated by a write is admitted again at once.
 """
 
 from __future__ import annotations
@@ -43,14 +43,17 @@ from .clock import SYSTEM_CLOCK, Clock
 from .sketch import FrequencySketch
 from .stats import Counters
 
-# [value, expires_at on the monotonic clock, hits]: a list, so a hit can count itself in
-# place. Readers index it (VALUE, EXPIRES, HITS) and never replace it.
+# [value, expires_at on the monotonic clock, count]: a list, so a hit can count itself in
+# place. ``count`` is how often the key was asked for: its sketch estimate when it was let
+# in, plus one per hit since; eviction compares it without touching the sketch. Readers
+# index the list (VALUE, EXPIRES, COUNT) and never replace it.
 Entry = list[Any]
 VALUE: Final = 0
 EXPIRES: Final = 1
-HITS: Final = 2
+COUNT: Final = 2
 
-SAMPLE: Final = 5  # entries compared per eviction (Redis' maxmemory-samples default)
+SAMPLE: Final = 3  # entries compared per eviction (on the zipf traces, 5 or 8 kept no more
+# hits and 1 kept fewer)
 AGE_EVERY: Final = 10  # halve every count after this many counted misses per slot
 
 _TOUCHED_LIMIT = 4096  # keys whose last move is remembered; beyond that, a promotion floor
@@ -73,7 +76,7 @@ class LocalStore:
         self.data: OrderedDict[str, Entry] = OrderedDict()
         self._sketch = FrequencySketch(capacity)
         self._counted = 0  # misses counted since the last halving
-        self._gone_hits = 0  # hits of entries since dropped, and halved away
+        self._gone_hits = 0  # hits counted outside the live entries' counts (see hits())
         self._age_at = max(1, capacity) * AGE_EVERY
         self.seq = 0
         self.fresh_until = math.inf
@@ -88,7 +91,7 @@ class LocalStore:
         for the eviction hand)."""
         entry = self.data.get(key)
         if entry is not None and entry[EXPIRES] > self._now() < self.fresh_until:
-            entry[HITS] += 1
+            entry[COUNT] += 1
             return entry
         return None
 
@@ -161,12 +164,14 @@ class LocalStore:
     def hits(self) -> int:
         """Every hit an entry has counted, including entries since gone.
 
-        This is the ``l1_hits`` statistic: the hit path's one increment (``entry[HITS]``)
-        serves both the eviction policy and the count, so no second counter is paid for.
-        O(entries): for snapshots, not for the hot path.
+        This is the ``l1_hits`` statistic: the hit path's one increment (``entry[COUNT]``)
+        serves both the eviction policy and the statistic, so no second counter is paid
+        for. ``_gone_hits`` keeps the sum right: it gives back what entries counted before
+        they were let in, and keeps what left with them or was halved away. O(entries):
+        for snapshots, not for the hot path.
         """
         with self._lock:
-            return self._gone_hits + sum(int(entry[HITS]) for entry in self.data.values())
+            return self._gone_hits + sum(int(entry[COUNT]) for entry in self.data.values())
 
     def __len__(self) -> int:
         return len(self.data)
@@ -186,23 +191,24 @@ class LocalStore:
         entry = self.data.pop(key, None)
         if entry is None:
             return False
-        hits = entry[HITS]
-        self._gone_hits += hits
-        self._sketch.add(key, hits)  # its popularity outlives the entry
+        count = entry[COUNT]
+        self._gone_hits += count
+        self._sketch.raise_to(key, count)  # its popularity outlives the entry
         return True
 
     def _insert(self, key: str, value: Any, expires_at: float) -> bool:
         """Store ``key``, if it is resident or wins a place (see the module doc)."""
         data = self.data
         old = data.get(key)
-        if old is not None:  # replaced in place: it keeps its slot and its hits
-            data[key] = [value, expires_at, old[HITS]]
+        if old is not None:  # replaced in place: it keeps its slot and its count
+            data[key] = [value, expires_at, old[COUNT]]
             return True
         wanted = self._count_miss(key)
         if len(data) >= self.capacity and not self._evict_for(wanted):
             self._counters.l1_rejections += 1
             return False
-        data[key] = [value, expires_at, 0]
+        data[key] = [value, expires_at, wanted]
+        self._gone_hits -= wanted  # asked for before it was let in: not hits (see hits())
         return True
 
     def _count_miss(self, key: str) -> int:
@@ -211,29 +217,28 @@ class LocalStore:
             self._counted = 0
             self._sketch.halve()
             for entry in self.data.values():
-                hits = entry[HITS]
-                self._gone_hits += hits - (hits >> 1)
-                entry[HITS] = hits >> 1
+                count = entry[COUNT]
+                self._gone_hits += count - (count >> 1)
+                entry[COUNT] = count >> 1
         return self._sketch.add(key)
 
     def _evict_for(self, wanted: int) -> bool:
         """Evict the weakest sampled entry if a newcomer asked for ``wanted`` times beats
         it; False (nothing evicted) if L1 keeps what it has."""
         data = self.data
-        if not data:
+        sampled = list(islice(data, SAMPLE))  # the hand: the front of the queue
+        if not sampled:
             return False  # capacity 0: L1 is off
-        sampled = list(islice(data.items(), SAMPLE))
         now = self._now()
-        estimate = self._sketch.estimate
-        victim, weakest = sampled[0][0], math.inf
-        for key, entry in sampled:
+        victim, weakest = sampled[0], math.inf
+        for key in sampled:
+            entry = data[key]
             if entry[EXPIRES] <= now:
                 victim, weakest = key, -1  # dead already: no contest
                 break
-            score = entry[HITS] + estimate(key)
-            if score < weakest:
-                victim, weakest = key, score
-        for key, _ in sampled:
+            if entry[COUNT] < weakest:
+                victim, weakest = key, entry[COUNT]
+        for key in sampled:
             if key != victim:
                 data.move_to_end(key)  # the hand passes the survivors
         if wanted <= weakest:

@@ -3,7 +3,7 @@
 A count-min sketch (Cormode and Muthukrishnan, 2005) as TinyLFU uses it (Einziger, Friedman
 and Manes, "TinyLFU: A Highly Efficient Cache Admission Policy", 2017): one ``bytearray`` of
 saturating 8-bit counters, two slots per key taken from the key's own ``hash()`` (cached on
-a ``str``, so a lookup hashes nothing), and the estimate is the smaller of the two. Updates
+a ``str``, so counting hashes nothing), and the estimate is the smaller of the two. Updates
 are conservative (only the counters at the minimum grow), which keeps collisions from
 inflating cold keys. :meth:`halve` ages every counter at once (``bytes.translate``: one C
 loop), so yesterday's popularity fades instead of pinning keys forever.
@@ -18,46 +18,50 @@ from __future__ import annotations
 from typing import Final
 
 SLOTS_PER_ENTRY: Final = 16
+MIN_SLOTS: Final = 4096  # 4 KiB: a small L1 still gets collision-free counts
 _MAX: Final = 255
-_M64: Final = (1 << 64) - 1
-# Two odd 64-bit multipliers (from splitmix64/xxhash): the high bits of hash * M are well
-# mixed even for the small, sequential hashes of ints.
-_MIX_A: Final = 0x9E3779B97F4A7C15
-_MIX_B: Final = 0xC2B2AE3D27D4EB4F
 _HALF: Final = bytes(n >> 1 for n in range(256))
 
 
 class FrequencySketch:
-    """Approximate recent access counts for any number of keys, in fixed memory."""
+    """Approximate recent access counts for any number of keys, in fixed memory.
+
+    Keys are ``str`` (what L1 holds): their ``hash()`` is SipHash, whose low and high 32
+    bits are independent enough to serve as the two slots without mixing them again.
+    """
 
     __slots__ = ("_counts", "_mask")
 
     def __init__(self, capacity: int) -> None:
-        size = 16
+        size = MIN_SLOTS
         while size < capacity * SLOTS_PER_ENTRY:
             size <<= 1
         self._counts = bytearray(size)
         self._mask = size - 1
 
-    def _slots(self, key: str) -> tuple[int, int]:
-        h = hash(key)
-        mask = self._mask
-        return ((h * _MIX_A) & _M64) >> 32 & mask, ((h * _MIX_B) & _M64) >> 32 & mask
-
     def estimate(self, key: str) -> int:
         """How often ``key`` was counted since the last halvings (an over-estimate at worst)."""
-        a, b = self._slots(key)
-        counts = self._counts
-        return min(counts[a], counts[b])
+        h, mask, counts = hash(key), self._mask, self._counts
+        return min(counts[h & mask], counts[(h >> 32) & mask])
 
     def add(self, key: str, n: int = 1) -> int:
         """Count ``key`` ``n`` more times (saturating at 255); its new estimate."""
-        a, b = self._slots(key)
-        counts = self._counts
-        new = min(_MAX, min(counts[a], counts[b]) + n)
-        counts[a] = max(counts[a], new)
-        counts[b] = max(counts[b], new)
+        h, mask, counts = hash(key), self._mask, self._counts
+        a, b = h & mask, (h >> 32) & mask
+        ca, cb = counts[a], counts[b]
+        new = min(_MAX, (ca if ca < cb else cb) + n)
+        if ca < new:
+            counts[a] = new
+        if cb < new:
+            counts[b] = new
         return new
+
+    def raise_to(self, key: str, n: int) -> None:
+        """Make ``key``'s estimate at least ``n`` (an entry leaving L1 hands back its count)."""
+        h, mask, counts = hash(key), self._mask, self._counts
+        n = min(_MAX, n)
+        for slot in (h & mask, (h >> 32) & mask):
+            counts[slot] = max(counts[slot], n)
 
     def halve(self) -> None:
         """Age every count by half (TinyLFU's reset), in one pass."""

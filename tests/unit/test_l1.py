@@ -31,7 +31,7 @@ def value_of(store: LocalStore, key: str) -> object:
 def test_entry_is_live_until_its_ttl_and_gone_at_it(clock: FakeClock) -> None:
     store = LocalStore(10, clock)
     store.put("k", "v", 5.0, store.seq)
-    assert store.get("k") == ["v", 1005.0, 1]  # value, expiry, hits (this one)
+    assert store.get("k") == ["v", 1005.0, 2]  # value, expiry, count (asked for twice)
     clock.advance(4.999)
     assert value_of(store, "k") == "v"
     clock.advance(0.001)  # exactly at expires_at: expired
@@ -67,7 +67,7 @@ def test_reput_restarts_the_ttl(clock: FakeClock) -> None:
 def test_cached_none_is_a_live_entry_not_a_miss(clock: FakeClock) -> None:
     store = LocalStore(10, clock)
     store.put("k", None, 5.0, store.seq)
-    assert store.get("k") == [None, 1005.0, 1]
+    assert store.get("k") == [None, 1005.0, 2]
 
 
 def test_missing_key_is_none(clock: FakeClock) -> None:
@@ -157,7 +157,7 @@ def test_reput_of_an_existing_key_at_capacity_evicts_nothing(clock: FakeClock) -
     value_of(store, "a")
     store.put("a", 10, 60.0, store.seq)
     assert len(store) == 2
-    assert store.data["a"][2] == 1  # replaced in place, its hit kept
+    assert store.data["a"][2] == 2  # replaced in place, its count kept (let in + a hit)
     assert value_of(store, "a") == 10
     assert value_of(store, "b") == 2
     assert store.store_if_unchanged("b", 20, 60.0, store.seq)
@@ -327,7 +327,7 @@ def test_batch_promotion_stores_all_with_their_ttls_and_respects_capacity(
     assert store.get("c") is None
     clock.advance(15)
     assert store.get("a") is None
-    assert store.get("b") == [2, 1020.0, 1]
+    assert store.get("b") == [2, 1020.0, 2]
     assert value_of(store, "old") == "o"
 
 
@@ -351,3 +351,21 @@ def test_hits_stop_when_the_listener_lease_runs_out(clock: FakeClock) -> None:
     assert store.get("k") is None  # the entry lives on, but the listener may be behind
     store.fresh_until = clock.monotonic() + 0.05
     assert store.get("k") is not None
+
+
+def test_hits_counts_only_hits_whatever_entries_were_let_in_with(clock: FakeClock,
+                                                                monkeypatch: pytest.MonkeyPatch
+                                                                ) -> None:
+    monkeypatch.setattr(l1_module, "AGE_EVERY", 2)  # halvings on the way, too
+    store = LocalStore(3, clock)
+    served = 0
+    for round_ in range(30):
+        for key in ("a", "b", "c", f"one-off{round_}"):
+            if store.get(key) is not None:
+                served += 1
+            else:
+                store.store_if_unchanged(key, 1, 60.0, store.seq)
+        if round_ % 7 == 0:
+            store.invalidate("a")
+    assert served > 0
+    assert store.hits() == served

@@ -6,14 +6,14 @@ from fleetcache.core.sketch import FrequencySketch
 
 
 def test_counts_what_it_is_told_and_never_under_counts() -> None:
-    sketch = FrequencySketch(100)
+    sketch = FrequencySketch(300)  # 4,800 counters, rounded up to 8,192
     for i in range(300):
         for _ in range(i % 7):
             sketch.add(f"k{i}")
     assert all(sketch.estimate(f"k{i}") >= i % 7 for i in range(300))
     exact = sum(sketch.estimate(f"k{i}") == i % 7 for i in range(300))
-    # 2,048 counters for 300 keys: ~3% of keys share both their counters (hash seeds vary
-    # per run); 10% would mean the mixing is broken.
+    # 8,192 counters for 300 keys: under 1% of keys share both their counters (hash seeds
+    # vary per run); 10% would mean the slots are not independent.
     assert exact >= 270
 
 
@@ -42,12 +42,12 @@ def test_halve_ages_every_count() -> None:
 
 
 def test_conservative_update_leaves_a_colliding_hot_key_alone() -> None:
-    sketch = FrequencySketch(1)  # 16 counters: collisions certain among 200 keys
+    sketch = FrequencySketch(1)  # 4,096 counters: with 20,000 keys, collisions are certain
     sketch.add("hot", 100)
-    for i in range(200):
+    for i in range(20_000):
         sketch.add(f"cold{i}")
     assert sketch.estimate("hot") >= 100
-    cold = [sketch.estimate(f"cold{i}") for i in range(200)]
-    # Each cold key lands on counters the hot key or 12 others share, yet only the
-    # smallest of its two grows: the typical cold estimate stays far below the hot one.
+    cold = [sketch.estimate(f"cold{i}") for i in range(20_000)]
+    # Each counter is shared by ~10 cold keys, yet only the smaller of a key's two grows:
+    # the typical cold estimate stays far below the hot one.
     assert sorted(cold)[len(cold) // 2] < 50

@@ -49,6 +49,9 @@ class CacheConfig:
         fill_timeout: the longest a compute may run and still have its value stored (its
             fill lease, which any write of the key revokes, lives this long); at least
             ``lock_timeout``. None: 60 s, or ``lock_timeout`` if that is longer.
+        fail_safe_throttle: after a refresh of a stale value raised, no process of the
+            fleet tries that key's compute again for this long (its lock is kept), while
+            callers keep getting the stale value.
         health_check_interval: how often the invalidation listener PINGs its connection.
         health_check_timeout: a PONG later than this means the bus is down (L1 flushed).
         degraded_l1_ttl: L1 life of entries stored while the bus is down (bounds staleness).
@@ -84,6 +87,7 @@ class CacheConfig:
     stream_timeout_margin: float = 1.0
     lock_timeout: float = 10.0
     fill_timeout: float | None = None
+    fail_safe_throttle: float = 2.0
     health_check_interval: float = 1.0
     health_check_timeout: float = 0.5
     degraded_l1_ttl: float = 1.0
@@ -125,8 +129,8 @@ class CacheConfig:
                 f"for good and the command lane keeps some idle")
         for name in ("l1_ttl", "default_ttl", "socket_timeout", "connect_timeout",
                      "pool_timeout", "stream_timeout_margin", "lock_timeout",
-                     "health_check_interval", "health_check_timeout", "degraded_l1_ttl",
-                     "max_listener_lag", "reconnect_backoff"):
+                     "fail_safe_throttle", "health_check_interval", "health_check_timeout",
+                     "degraded_l1_ttl", "max_listener_lag", "reconnect_backoff"):
             check_seconds(name, getattr(self, name), ConfigError)
         if self.fill_timeout is not None and check_seconds(
                 "fill_timeout", self.fill_timeout, ConfigError) < self.lock_timeout:

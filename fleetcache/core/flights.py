@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from .errors import RecursiveComputeError
+
+T = TypeVar("T")
 
 #: How long past a holder's ``lock_timeout`` a waiter keeps waiting: two of its polls of L2
 #: (it looks again before it concludes the holder is gone). Followers in a process give
@@ -27,6 +31,16 @@ WAIT_SLACK = 0.1
 
 #: A flight that landed without a value (its leader was interrupted).
 NO_VALUE: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Fill(Generic[T]):
+    """What a flight computes and how long the value is kept: fresh for ``ttl`` seconds,
+    then stale but servable for ``stale_ttl`` more (0: not at all)."""
+
+    compute: Callable[[], T]
+    ttl: float
+    stale_ttl: float = 0.0
 
 
 class Flight:

@@ -23,7 +23,7 @@ from ..redis.streams import Fields, StreamEntry
 from . import fork
 from .clock import SYSTEM_CLOCK, Clock
 from .codec import Codec
-from .config import CacheConfig
+from .config import CacheConfig, check_seconds
 from .decorator import CachedFunction, default_prefix
 from .errors import BackendError
 from .readpath import ReadPath
@@ -83,8 +83,9 @@ class FleetCache:
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> FleetCache:
-        """A cache on ``url`` (``redis://``, ``rediss://``, ``unix://``); options as keywords."""
-        return cls(CacheConfig(url=url, **options))
+        """A cache on ``url`` (``redis://``, ``rediss://``, ``unix://``); settings, ``clock``
+        and ``client`` as keywords, as for the constructor."""
+        return cls(url=url, **options)
 
     @classmethod
     def from_client(cls, client: redis.Redis, **options: Any) -> FleetCache:
@@ -240,7 +241,7 @@ class FleetCache:
 
     def get_or_compute(
         self, key: str, compute: Callable[[], T], *, ttl: float | None = None,
-        strategy: CacheStrategy | None = None,
+        strategy: CacheStrategy | None = None, stale_ttl: float | None = None,
     ) -> T:
         """The cached value of ``key``, or ``compute()``'s result, computed once fleet-wide.
 
@@ -249,6 +250,11 @@ class FleetCache:
         L2 with backoff as a fallback). If the winner dies, its lock expires after
         ``lock_timeout`` and a waiter takes over. If ``compute`` raises, the error reaches
         its caller, nothing is cached, and the next caller computes.
+
+        ``stale_ttl``: for that many seconds after ``ttl`` the value is stale but usable:
+        a caller gets it at once while one worker of the fleet recomputes it in the
+        background, and if that recompute raises (or Redis is down) callers keep getting
+        it (fail-safe; see ``fail_safe_throttle``). L2 keeps the value ``ttl + stale_ttl``.
         """
         try:
             entry = self._l1_get(key)
@@ -259,14 +265,15 @@ class FleetCache:
             return entry[0]  # type: ignore[no-any-return]
         tiers = self._tiers
         tiers.check_key(key)
+        window = 0.0 if stale_ttl is None else check_seconds("stale_ttl", stale_ttl)
         entry = self._reads.late_hit(key)
         if entry is not None:
             return entry[0]  # type: ignore[no-any-return]
-        return self._flights.get_or_compute(key, compute, tiers.ttl(ttl, strategy))
+        return self._flights.get_or_compute(key, compute, tiers.ttl(ttl, strategy), window)
 
     def cached(
         self, ttl: float | None = None, *, strategy: CacheStrategy | None = None,
-        key_prefix: str | None = None,
+        key_prefix: str | None = None, stale_ttl: float | None = None,
     ) -> Callable[[Callable[P, T]], CachedFunction[P, T]]:
         """Decorator: cache a function's result under a key built from its name and args.
 
@@ -276,10 +283,12 @@ class FleetCache:
         methods (``self`` is not part of the key).
         """
         resolve_ttl(ttl, strategy)  # fail at decoration time, not on first call
+        if stale_ttl is not None:
+            check_seconds("stale_ttl", stale_ttl)
 
         def decorate(fn: Callable[P, T]) -> CachedFunction[P, T]:
             prefix = key_prefix or default_prefix(fn)
-            return CachedFunction(self, fn, prefix, ttl, strategy)
+            return CachedFunction(self, fn, prefix, ttl, strategy, stale_ttl=stale_ttl)
 
         return decorate
 

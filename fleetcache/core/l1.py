@@ -43,14 +43,19 @@ from .clock import SYSTEM_CLOCK, Clock
 from .sketch import FrequencySketch
 from .stats import Counters
 
-# [value, expires_at on the monotonic clock, count]: a list, so a hit can count itself in
-# place. ``count`` is how often the key was asked for: its sketch estimate when it was let
-# in, plus one per hit since; eviction compares it without touching the sketch. Readers
-# index the list (VALUE, EXPIRES, COUNT) and never replace it.
+# [value, expires_at, count, usable_until] (times on the monotonic clock): a list, so a hit
+# can count itself in place. ``count`` is how often the key was asked for: its sketch
+# estimate when it was let in, plus one per hit since; eviction compares it without touching
+# the sketch. ``usable_until`` is past ``expires_at`` for a value with a stale window
+# (``get_or_compute(stale_ttl=...)``): after ``expires_at`` only :meth:`LocalStore.stale`
+# serves it. ``expires_at`` is -inf for an entry kept through a bus gap for fail-safe only
+# (:meth:`LocalStore.clear`). Readers index the list (VALUE, EXPIRES, COUNT, USABLE) and
+# never replace it.
 Entry = list[Any]
 VALUE: Final = 0
 EXPIRES: Final = 1
 COUNT: Final = 2
+USABLE: Final = 3
 
 SAMPLE: Final = 3  # entries compared per eviction (on the zipf traces, 5 or 8 kept no more
 # hits and 1 kept fewer)
@@ -95,16 +100,18 @@ class LocalStore:
             return entry
         return None
 
-    def put(self, key: str, value: Any, ttl: float, seq: int) -> bool:
+    def put(self, key: str, value: Any, ttl: float, seq: int, stale_for: float = 0.0) -> bool:
         """Store this process's own write, sent at ``seq``; False if ``key`` moved since
-        (then it is dropped instead). Voids concurrent promotions of ``key`` either way."""
+        (then it is dropped instead). Voids concurrent promotions of ``key`` either way.
+        ``stale_for``: seconds past ``ttl`` that :meth:`stale` may still serve it."""
         with self._lock:
             moved = self._moved(key, seq)
             self._touch(key)
             if moved:
                 self._drop(key)
                 return False
-            return self._insert(key, value, self._now() + ttl)
+            expires_at = self._now() + ttl
+            return self._insert(key, value, expires_at, expires_at + stale_for)
 
     def put_many(self, items: list[tuple[str, Any]], ttl: float, seq: int) -> int:
         """:meth:`put` for several keys under one lock; how many were stored."""
@@ -116,17 +123,20 @@ class LocalStore:
                 self._touch(key)
                 if moved:
                     self._drop(key)
-                elif self._insert(key, value, expires_at):
+                elif self._insert(key, value, expires_at, expires_at):
                     stored += 1
             return stored
 
-    def store_if_unchanged(self, key: str, value: Any, ttl: float, seq: int) -> bool:
+    def store_if_unchanged(self, key: str, value: Any, ttl: float, seq: int,
+                           stale_for: float = 0.0) -> bool:
         """Promote an L2 read taken at ``seq``; False if ``key`` moved (or L1 was flushed)
-        since, or L1 kept its current entries instead (see the module doc)."""
+        since, or L1 kept its current entries instead (see the module doc). ``ttl`` may be
+        negative for a value already stale: then only :meth:`stale` serves it."""
         with self._lock:
             if self._moved(key, seq):
                 return False
-            return self._insert(key, value, self._now() + ttl)
+            expires_at = self._now() + ttl
+            return self._insert(key, value, expires_at, expires_at + stale_for)
 
     def store_many_if_unchanged(
         self, items: list[tuple[str, Any, float]], seq: int
@@ -137,9 +147,21 @@ class LocalStore:
             now = self._now()
             stored = 0
             for key, value, ttl in items:
-                if not self._moved(key, seq) and self._insert(key, value, now + ttl):
+                if not self._moved(key, seq) and self._insert(key, value, now + ttl,
+                                                              now + ttl):
                     stored += 1
             return stored
+
+    def stale(self, key: str) -> Entry | None:
+        """The entry for ``key`` if it is past its fresh time but within its stale window
+        (and the listener's lease holds, as for a hit); None otherwise. Not counted as a
+        hit: what serves it counts ``stale_served``."""
+        entry = self.data.get(key)
+        if entry is None or not entry[USABLE] > (now := self._now()) >= entry[EXPIRES]:
+            return None
+        if entry[EXPIRES] == -math.inf:  # kept through a gap: only while the bus is down
+            return entry if self.fresh_until == math.inf else None
+        return entry if now < self.fresh_until else None
 
     def lease(self, until: float) -> None:
         """Serve hits only before ``until`` (the listener's lease; see the module doc)."""
@@ -151,15 +173,23 @@ class LocalStore:
             self._touch(key)
             return self._drop(key)
 
-    def clear(self) -> None:
+    def clear(self, gap: bool = False) -> None:
         """Drop everything (and void in-flight promotions). The sketch is kept: what was
-        popular before a flush is popular after it."""
+        popular before a flush is popular after it.
+
+        A ``gap`` (the bus went down or came back: notices may have been missed) keeps the
+        entries that have a stale window, for fail-safe only: :meth:`stale` serves them
+        while the bus is down (Redis unreachable), never once it is up again.
+        """
         with self._lock:
             self.seq += 1
             self._floor = self.seq
             self._touched.clear()
-            for key in list(self.data):
-                self._drop(key)
+            for key, entry in list(self.data.items()):
+                if gap and entry[USABLE] > entry[EXPIRES]:
+                    entry[EXPIRES] = -math.inf
+                else:
+                    self._drop(key)
 
     def hits(self) -> int:
         """Every hit an entry has counted, including entries since gone.
@@ -196,18 +226,18 @@ class LocalStore:
         self._sketch.raise_to(key, count)  # its popularity outlives the entry
         return True
 
-    def _insert(self, key: str, value: Any, expires_at: float) -> bool:
+    def _insert(self, key: str, value: Any, expires_at: float, usable_until: float) -> bool:
         """Store ``key``, if it is resident or wins a place (see the module doc)."""
         data = self.data
         old = data.get(key)
         if old is not None:  # replaced in place: it keeps its slot and its count
-            data[key] = [value, expires_at, old[COUNT]]
+            data[key] = [value, expires_at, old[COUNT], usable_until]
             return True
         wanted = self._count_miss(key)
         if len(data) >= self.capacity and not self._evict_for(wanted):
             self._counters.l1_rejections += 1
             return False
-        data[key] = [value, expires_at, wanted]
+        data[key] = [value, expires_at, wanted, usable_until]
         self._gone_hits -= wanted  # asked for before it was let in: not hits (see hits())
         return True
 
@@ -233,7 +263,7 @@ class LocalStore:
         victim, weakest = sampled[0], math.inf
         for key in sampled:
             entry = data[key]
-            if entry[EXPIRES] <= now:
+            if entry[USABLE] <= now:
                 victim, weakest = key, -1  # dead already: no contest
                 break
             if entry[COUNT] < weakest:

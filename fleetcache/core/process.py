@@ -38,7 +38,7 @@ class ProcessState:
     def __init__(
         self, config: CacheConfig, keys: KeyLayout, codec: Codec, clock: Clock,
         counters: Counters, *, client: redis.Redis | None,
-        on_invalidate: Callable[[str], None], on_flush: Callable[[], None],
+        on_invalidate: Callable[[str], None], on_flush: Callable[[bool], None],
         on_lease: Callable[[float], None],
     ) -> None:
         self._owns_client = client is None
@@ -56,6 +56,11 @@ class ProcessState:
         self.flights = Flights(patience=config.lock_timeout + WAIT_SLACK)
         self.writes = KeyedLocks()  # orders this process's writes of one key
         self.waiters: dict[str, threading.Event] = {}
+        # Background refreshes of stale values (fleetcache.core.refresh): keys refreshing
+        # now, and keys whose refresh raised, with when this process may try again.
+        self.refresh_lock = threading.Lock()
+        self.refreshing: set[str] = set()
+        self.throttled: dict[str, float] = {}
         self.bus: Bus = InvalidationBus(
             self.client, channel=keys.channel, codec=codec, config=config, clock=clock,
             counters=counters, on_key=on_invalidate,

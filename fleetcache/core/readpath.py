@@ -31,21 +31,9 @@ class ReadPath:
         entry = l1.data.get(key)
         if entry is None or entry[1] <= (now := tiers.clock.monotonic()):
             return None
-        if now >= l1.fresh_until and not self._await_listener():
+        if now >= l1.fresh_until and not tiers.await_listener():
             return None
         return l1.get(key)
-
-    def _await_listener(self) -> bool:
-        """Wait up to ``max_listener_lag`` for the listener to renew L1's lease.
-
-        Under gevent, greenlets serving L1 hits never yield and the listener waits its
-        turn; waiting here yields, so it gets it, and costs no Redis round trip.
-        """
-        proc = self._tiers.current
-        if proc is None:
-            return False
-        self._tiers.counters.listener_waits += 1
-        return proc.bus.await_lease(self._tiers.config.max_listener_lag)
 
     def get(self, key: str, default: Any) -> Any:
         """:meth:`FleetCache.get` once L1 had no live entry."""
@@ -108,14 +96,13 @@ class ReadPath:
         wall = tiers.clock.time()
         for key, blob in zip(cold, blobs, strict=True):
             decoded = tiers.decode(key, blob)
-            if decoded is None:
+            left = -1.0 if decoded is None else decoded[1] / 1000.0 - wall
+            if left <= 0:  # absent, corrupt, or stale (see Tiers.accept)
                 counters.misses += 1
                 continue
-            value, expires_at_ms = decoded
+            value = decoded[0]  # type: ignore[index]
             found[key] = value
             counters.l2_hits += 1
-            ttl = min(l1_ttl, expires_at_ms / 1000.0 - wall)
-            if ttl > 0:
-                promote.append((key, value, ttl))
+            promote.append((key, value, min(l1_ttl, left)))
         counters.promotions += l1.store_many_if_unchanged(promote, seq)
         return found

@@ -27,9 +27,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .errors import BackendError, ValueEncodeError, ValueTooLargeError
-from .flights import NO_VALUE, WAIT_SLACK, Flight
+from .flights import NO_VALUE, WAIT_SLACK, Fill, Flight
 from .process import ProcessState
 from .protocols import FillLock, FillOutcome
+from .refresh import Refresher
 from .tiers import MISSING, Tiers
 
 logger = logging.getLogger("fleetcache")
@@ -44,14 +45,29 @@ _WAIT_CAP = WAIT_SLACK / 2
 class SingleFlight:
     """``get_or_compute`` past an L1 hit."""
 
-    __slots__ = ("_tiers",)
+    __slots__ = ("_refresher", "_tiers")
 
     def __init__(self, tiers: Tiers) -> None:
         self._tiers = tiers
+        self._refresher = Refresher(tiers, self)
 
-    def get_or_compute(self, key: str, compute: Callable[[], T], ttl: float) -> T:
-        """The value of ``key`` from L1 (filled meanwhile), L2, or one compute per fleet."""
-        proc = self._tiers.process()
+    def get_or_compute(self, key: str, compute: Callable[[], T], ttl: float,
+                       stale_ttl: float = 0.0) -> T:
+        """The value of ``key`` from L1 (filled meanwhile), L2, or one compute per fleet.
+
+        With ``stale_ttl``, a value past its fresh time but within that window is returned
+        at once and refreshed in the background (:mod:`fleetcache.core.refresh`).
+        """
+        tiers = self._tiers
+        proc = tiers.process()
+        if stale_ttl > 0:
+            entry = tiers.l1.stale(key)
+            if entry is None and key in tiers.l1.data and tiers.await_listener():
+                entry = tiers.l1.stale(key)  # the listener was only late: look again
+            if entry is not None:
+                tiers.counters.stale_served += 1
+                self._refresher.start(proc, key, Fill(compute, ttl, stale_ttl))
+                return entry[0]  # type: ignore[no-any-return]
         flight, leader = proc.flights.join(key)  # raises for a compute asking for its own key
         while not leader:
             if not flight.wait():
@@ -66,17 +82,15 @@ class SingleFlight:
                 return flight.value  # type: ignore[no-any-return]
             else:  # the leader was interrupted (a killed greenlet): start afresh
                 flight, leader = proc.flights.join(key)
-        return self._lead(proc, flight, key, compute, ttl)
+        return self._lead(proc, flight, key, Fill(compute, ttl, stale_ttl))
 
-    def _lead(self, proc: ProcessState, flight: Flight, key: str, compute: Callable[[], T],
-              ttl: float) -> T:
+    def _lead(self, proc: ProcessState, flight: Flight, key: str, fill: Fill[T]) -> T:
         tiers = self._tiers
         value: Any = NO_VALUE
         error: BaseException | None = None
         try:
             entry = tiers.l1.get(key)  # filled by a flight that landed just before ours?
-            value = entry[0] if entry is not None else self._fill(proc, flight, key, compute,
-                                                                  ttl)
+            value = entry[0] if entry is not None else self._fill(proc, flight, key, fill)
             return value  # type: ignore[no-any-return]
         except Exception as exc:
             error = exc
@@ -84,9 +98,9 @@ class SingleFlight:
         finally:
             proc.flights.land(key, flight, value, error)
 
-    def _fill(self, proc: ProcessState, flight: Flight, key: str, compute: Callable[[], T],
-              ttl: float) -> T:
+    def _fill(self, proc: ProcessState, flight: Flight, key: str, fill: Fill[T]) -> T:
         tiers = self._tiers
+        stale_ttl = fill.stale_ttl
         # A holder that dies lets its lock expire after lock_timeout and a waiter takes over;
         # a chain of holders (each dying) is waited out at most this long in total.
         give_up = time.monotonic() + 3 * tiers.config.lock_timeout
@@ -99,70 +113,92 @@ class SingleFlight:
                 blob, won = proc.l2.fetch_or_lock(key, lock)
             except BackendError as exc:  # Redis down: compute here, cache in L1 only
                 tiers.read_failed(exc)
-                return self._compute_unlocked(flight, key, compute, ttl)
-            value = MISSING if won else tiers.accept(key, blob, seq)
+                return self._compute_unlocked(flight, key, fill)
+            decoded = None if won else tiers.decode(key, blob)
+            left = 0.0 if decoded is None else tiers.fresh_left(decoded[1])
             if first:
-                if value is MISSING:
+                if decoded is None or left <= -stale_ttl:
                     tiers.counters.misses += 1
                 else:
                     tiers.counters.l2_hits += 1
                 first = False
             if won:
                 flight.progressed()
-                return self._compute_locked(proc, lock, key, compute, ttl, seq=seq)
-            if value is not MISSING:
-                return value  # type: ignore[no-any-return]
+                return self._compute_locked(proc, lock, key, fill, seq=seq)
+            if decoded is not None and left > -stale_ttl:  # fresh, or stale in its window
+                tiers.keep(key, decoded[0], left, seq, stale_ttl)
+                if left <= 0:
+                    tiers.counters.stale_served += 1
+                    self._refresher.start(proc, key, fill, blob)
+                return decoded[0]  # type: ignore[no-any-return]
             if blob is not None:
-                # Corrupt or foreign bytes would make every SET NX fail, and every call
-                # recompute, for as long as they live: drop them (only them), then compete.
                 try:
-                    proc.l2.discard(key, blob)
+                    taken = self._replace(proc, key, blob, decoded is not None, lock)
                 except BackendError as exc:
                     tiers.read_failed(exc)
-                    return self._compute_unlocked(flight, key, compute, ttl)
-                continue
+                    return self._compute_unlocked(flight, key, fill)
+                if taken == 1:
+                    flight.progressed()
+                    return self._compute_locked(proc, lock, key, fill, seq=seq, refresh=True)
+                if taken == -1:
+                    continue  # dropped, rewritten or gone meanwhile: look again
             if waited:
                 # Another waiter took the lock the failed holder left: do not queue behind
                 # it too; compute now, in parallel (at most once per waiting process).
-                return self._compute_unlocked(flight, key, compute, ttl)
+                return self._compute_unlocked(flight, key, fill)
             flight.progressed()  # waiting for another process's holder is bounded too
             value = self._wait_for_value(proc, key, give_up)
             if value is _TIMED_OUT:
                 logger.warning("fleetcache: the fleet lock for %r outlived lock_timeout; "
                                "computing without it", key)
-                return self._compute_unlocked(flight, key, compute, ttl)
+                return self._compute_unlocked(flight, key, fill)
             if value is not MISSING:
                 return value  # type: ignore[no-any-return]
             waited = True  # the lock is free and there is no value: try to take it once
 
-    def _compute_locked(
-        self, proc: ProcessState, lock: FillLock, key: str, compute: Callable[[], T],
-        ttl: float, *, seq: int,
-    ) -> T:
-        """Holding the fleet lock and a fill lease, taken when L2 had no value (at ``seq``)."""
+    @staticmethod
+    def _replace(proc: ProcessState, key: str, blob: bytes, decodes: bool,
+                 lock: FillLock) -> int:
+        """L2 holds ``blob`` for ``key`` but nothing this caller may serve: 1 if ``lock`` now
+        guards its replacement, 0 if another holds the lock, -1 to look again.
+
+        A value that ``decodes`` is past the window this caller accepts (kept for another
+        caller's ``stale_ttl``): it is replaced under the lock, only if still those bytes.
+        Corrupt or foreign bytes would make every fill's SET NX fail, and every call
+        recompute, for as long as they live: they are dropped (only them).
+        """
+        if decodes:
+            return proc.l2.lock_stale(key, blob, lock)
+        proc.l2.discard(key, blob)
+        return -1
+
+    def _compute_locked(self, proc: ProcessState, lock: FillLock, key: str, fill: Fill[T], *,
+                        seq: int, refresh: bool = False) -> T:
+        """Holding the fleet lock and a fill lease, taken when L2 had no value (at ``seq``),
+        or, for a ``refresh``, a value too stale to serve."""
         released = False
         try:
             started = time.monotonic()
-            value = self._run(compute)
-            released, served = self._store_computed(proc, lock, key, value, ttl, seq=seq,
-                                                    started=started)
+            value = self.run(fill.compute)
+            released, served = self.store_computed(proc, lock, key, value, fill, seq=seq,
+                                                   started=started, refresh=refresh)
             return served  # type: ignore[no-any-return]
         finally:
             if not released:
                 proc.l2.abandon_fill(key, lock)
 
-    def _compute_unlocked(self, flight: Flight, key: str, compute: Callable[[], T],
-                          ttl: float) -> T:
+    def _compute_unlocked(self, flight: Flight, key: str, fill: Fill[T]) -> T:
         """Compute without the fleet lock (Redis down, or a wait given up); keep the value in
         this process's L1 only."""
         flight.progressed()
         tiers = self._tiers
         seq = tiers.l1.seq
-        value = self._readable(key, self._run(compute), ttl)
-        tiers.l1.store_if_unchanged(key, value, min(ttl, tiers.l1_ttl()), seq)
+        value = self._readable(key, self.run(fill.compute), fill.ttl)
+        tiers.keep(key, value, fill.ttl, seq, fill.stale_ttl)
         return value  # type: ignore[no-any-return]
 
-    def _run(self, compute: Callable[[], T]) -> T:
+    def run(self, compute: Callable[[], T]) -> T:
+        """Call ``compute``, counted (``computes``, ``in_flight``)."""
         counters = self._tiers.counters
         counters.computes += 1
         counters.in_flight += 1
@@ -191,29 +227,32 @@ class SingleFlight:
                            "(%s); kept in this process's L1 only (%d so far)", key, exc,
                            counters.uncacheable_values)
 
-    def _store_computed(
-        self, proc: ProcessState, lock: FillLock, key: str, value: Any, ttl: float, *,
-        seq: int, started: float,
+    def store_computed(
+        self, proc: ProcessState, lock: FillLock, key: str, value: Any, fill: Fill[Any], *,
+        seq: int, started: float, refresh: bool,
     ) -> tuple[bool, Any]:
-        """Store under the lease, release ``lock`` and notify, in one script.
+        """Store under the lease, release ``lock`` and notify, in one script. L2 keeps the
+        value ``ttl + stale_ttl``; it is fresh for ``ttl``.
 
         Returns (whether the lock was handled, the value to hand out). The value reaches
         the caller whatever happens to the store; a failure to store is logged.
         """
         tiers = self._tiers
+        ttl, stale_ttl = fill.ttl, fill.stale_ttl
         try:
             blob, served = tiers.encode(key, value, ttl)
         except (ValueEncodeError, ValueTooLargeError) as exc:
             self._uncacheable(key, exc)
-            tiers.l1.store_if_unchanged(key, value, min(ttl, tiers.l1_ttl()), seq)
+            tiers.keep(key, value, ttl, seq, stale_ttl)
             return False, value
         try:
-            outcome = proc.l2.store_fill(key, blob, int(ttl * 1000), lock, proc.bus.message(key))
+            outcome = proc.l2.store_fill(key, blob, int((ttl + stale_ttl) * 1000), lock,
+                                         proc.bus.message(key), refresh=refresh)
         except BackendError as exc:
             tiers.read_failed(exc)
             return False, served
         if outcome is FillOutcome.STORED:
-            tiers.l1.store_if_unchanged(key, served, min(ttl, tiers.l1_ttl()), seq)
+            tiers.keep(key, served, ttl, seq, stale_ttl)
         elif outcome is FillOutcome.REVOKED:
             tiers.counters.fills_revoked += 1
             took = time.monotonic() - started

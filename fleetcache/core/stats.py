@@ -21,7 +21,9 @@ class CacheStats:
     values that could not be encoded and were kept in this process's L1 only;
     ``l1_evictions`` counts entries L1 let go to make room, ``l1_rejections`` reads and
     writes it did not keep because its entries were asked for more often (see
-    :mod:`fleetcache.core.l1`).
+    :mod:`fleetcache.core.l1`); ``stale_served`` counts values served past their fresh time
+    (``stale_ttl``), ``refreshes`` the background recomputes this process started and
+    ``refresh_errors`` those that raised (the stale value was served instead).
     """
 
     l1_hits: int
@@ -41,6 +43,9 @@ class CacheStats:
     uncacheable_values: int
     l1_evictions: int
     l1_rejections: int
+    stale_served: int
+    refreshes: int
+    refresh_errors: int
 
     @property
     def lookups(self) -> int:
@@ -88,6 +93,9 @@ class Counters:
     uncacheable_values: int = 0
     l1_evictions: int = 0
     l1_rejections: int = 0
+    stale_served: int = 0
+    refreshes: int = 0
+    refresh_errors: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -104,6 +104,19 @@ class Tiers:
 
     # -- rules shared by reads, writes and computes ------------------------------------
 
+    def await_listener(self) -> bool:
+        """Wait up to ``max_listener_lag`` for the listener to renew L1's lease; whether
+        it did (then L1 may serve again).
+
+        Under gevent, greenlets serving L1 hits never yield and the listener waits its
+        turn; waiting here yields, so it gets it, and costs no Redis round trip.
+        """
+        proc = self._proc
+        if proc is None:
+            return False
+        self.counters.listener_waits += 1
+        return proc.bus.await_lease(self.config.max_listener_lag)
+
     def l1_ttl(self) -> float:
         """L1 life for new entries: short while invalidations cannot reach us."""
         proc = self._proc
@@ -113,15 +126,32 @@ class Tiers:
 
     def accept(self, key: str, blob: bytes | None, seq: int) -> Any:
         """Decode an L2 reply and promote it into L1 if no invalidation raced the read;
-        :data:`MISSING` if there was nothing usable."""
+        :data:`MISSING` if there was nothing usable. A value past its fresh time (kept in
+        L2 for a stale window) is :data:`MISSING` here: only ``get_or_compute`` with a
+        ``stale_ttl`` serves it."""
         decoded = self.decode(key, blob)
         if decoded is None:
             return MISSING
         value, expires_at_ms = decoded
-        ttl = min(self.l1_ttl(), expires_at_ms / 1000.0 - self.clock.time())
-        if ttl > 0 and self.l1.store_if_unchanged(key, value, ttl, seq):
+        left = self.fresh_left(expires_at_ms)
+        if left <= 0:
+            return MISSING
+        if self.keep(key, value, left, seq):
             self.counters.promotions += 1
         return value
+
+    def fresh_left(self, expires_at_ms: int) -> float:
+        """Seconds until a value stored to expire at ``expires_at_ms`` goes stale."""
+        return expires_at_ms / 1000.0 - self.clock.time()
+
+    def keep(self, key: str, value: Any, left: float, seq: int, stale_ttl: float = 0.0) -> bool:
+        """Put a value read (or computed) at ``seq`` into L1, with ``left`` seconds of
+        freshness (negative: stale already) and a ``stale_ttl`` window after that, unless an
+        invalidation raced it; whether L1 took it."""
+        ttl = min(self.l1_ttl(), left)
+        stale_for = left + stale_ttl - ttl if stale_ttl > 0 else 0.0
+        return ttl + stale_for > 0 and self.l1.store_if_unchanged(key, value, ttl, seq,
+                                                                  stale_for)
 
     def decode(self, key: str, blob: bytes | None) -> tuple[Any, int] | None:
         """``(value, expires_at_ms)`` of an L2 reply; None if absent, corrupt or foreign."""

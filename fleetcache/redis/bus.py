@@ -66,7 +66,7 @@ class InvalidationBus:
         clock: Clock,
         counters: Counters,
         on_key: Callable[[str], None],
-        on_flush: Callable[[], None],
+        on_flush: Callable[[bool], None],
         on_lease: Callable[[float], None],
     ) -> None:
         self.sender_id = os.urandom(8)
@@ -199,7 +199,7 @@ class InvalidationBus:
             return  # our own write: already applied locally, in order
         if key is None:
             self._counters.invalidations_received += 1
-            self._on_flush()
+            self._on_flush(False)
         elif isinstance(key, str):
             self._counters.invalidations_received += 1
             self._on_key(key)
@@ -217,11 +217,11 @@ class InvalidationBus:
         if self._malformed & (self._malformed - 1) == 0:  # 1st, 2nd, 4th, 8th...
             logger.warning("fleetcache: unreadable message on %s (%d so far); L1 flushed",
                            self._channel, self._malformed)
-        self._on_flush()
+        self._on_flush(False)
 
     def _mark_up(self) -> None:
         # Flush before declaring the bus up: entries stored until now may have missed notices.
-        self._on_flush()
+        self._on_flush(True)
         self._renew(self._clock.monotonic() + self._config.max_listener_lag)
         if self._ever_connected:
             self._counters.reconnects += 1
@@ -232,7 +232,7 @@ class InvalidationBus:
     def _mark_down(self, exc: BaseException | None) -> None:
         was_connected = self.connected
         self.connected = False
-        self._on_flush()
+        self._on_flush(True)
         self._renew(math.inf)  # no lease without a listener: degraded_l1_ttl bounds L1
         reason = f"{type(exc).__name__}: {exc}" if exc else "error"
         if was_connected:

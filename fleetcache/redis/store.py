@@ -47,31 +47,48 @@ redis.call('PEXPIRE', KEYS[3], ARGV[3])
 return {false, 1}
 """
 
+# A refresh: the compute of a value L2 holds but that is past its fresh time (served stale
+# meanwhile). KEYS: value, lock, lease; ARGV: the stale blob seen, token, lock ms, lease ms.
+# Reply 1 if the lock and a lease were taken; 0 if the lock is held (another refresh, or a
+# failed one's throttle); -1 if the value is no longer those bytes (rewritten or deleted
+# since: nothing to refresh, and nothing to resurrect).
+_LOCK_STALE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+if not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then return 0 end
+redis.call('SADD', KEYS[3], ARGV[2])
+redis.call('PEXPIRE', KEYS[3], ARGV[4])
+return 1
+"""
+
 # A script is not rolled back when a command in it fails (an ACL without the channel, say):
 # each write script publishes first, so a failure leaves at worst a notice without a write
 # (harmless: readers re-read L2), never a write without its notice. Readers cannot tell the
 # order apart: nothing runs between a script's commands.
 
-# KEYS: value, lock, lease; ARGV: blob, ms, token, channel, notice. Releases the lock
-# (pottery's compare-and-delete) whatever happens; stores only under a live lease and only
+# KEYS: value, lock, lease; ARGV: blob, ms, token, channel, notice, "refresh" or "". Releases
+# the lock (pottery's compare-and-delete) whatever happens; stores only under a live lease
+# and, unless it is a refresh (which replaces the stale value its lease was taken on), only
 # where L2 holds nothing (a set() during the compute is newer, and revoked the lease anyway).
 # Reply {stored, released, leased}.
 _STORE_FILL = """
 local released = 0
 if redis.call('GET', KEYS[2]) == ARGV[3] then released = redis.call('DEL', KEYS[2]) end
 if redis.call('SREM', KEYS[3], ARGV[3]) == 0 then return {0, released, 0} end
-if redis.call('EXISTS', KEYS[1]) == 1 then return {0, released, 1} end
+if ARGV[6] ~= 'refresh' and redis.call('EXISTS', KEYS[1]) == 1 then return {0, released, 1} end
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {1, released, 1}
 """
 
-# KEYS: lock, lease; ARGV: token. A fill that stores nothing (its compute raised) gives up
-# its lock (compare-and-delete) and its lease. Reply: 1 if the lock was still ours.
+# KEYS: lock, lease; ARGV: token, hold ms. A fill that stores nothing (its compute raised)
+# gives up its lease and its lock (compare-and-delete), or, with hold ms > 0, keeps the lock
+# that much longer: the fail-safe throttle, so no process of the fleet retries a failing
+# compute before then. Reply: 1 if the lock was still ours.
 _ABANDON_FILL = """
 redis.call('SREM', KEYS[2], ARGV[1])
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if tonumber(ARGV[2]) > 0 then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return redis.call('DEL', KEYS[1])
 """
 
 # KEYS: value, lease; ARGV: blob, ms, channel, notice, "NX" or "". Reply 1 if stored.
@@ -121,7 +138,8 @@ class RedisStore:
     """The cache's Redis commands, every name taken from one :class:`KeyLayout`."""
 
     __slots__ = ("_abandon_fill", "_check_and_set", "_delete", "_discard", "_fetch_or_lock",
-                 "_lane", "_lease_ms", "_set", "_set_many", "_store_fill", "client", "keys")
+                 "_lane", "_lease_ms", "_lock_stale", "_set", "_set_many", "_store_fill",
+                 "client", "keys")
 
     def __init__(self, client: redis.Redis, keys: KeyLayout, lane: CommandLane,
                  fill_lease_ms: int) -> None:
@@ -132,6 +150,7 @@ class RedisStore:
         # redis-py's Script: its SHA and text (the lane runs EVALSHA, EVAL on NOSCRIPT).
         self._discard = client.register_script(_DISCARD)
         self._fetch_or_lock = client.register_script(_FETCH_OR_LOCK)
+        self._lock_stale = client.register_script(_LOCK_STALE)
         self._store_fill = client.register_script(_STORE_FILL)
         self._abandon_fill = client.register_script(_ABANDON_FILL)
         self._set = client.register_script(_SET_PUBLISH)
@@ -176,6 +195,15 @@ class RedisStore:
                 [lock.token, lock.ttl_ms, self._lease_ms])
         return value, bool(won)
 
+    def lock_stale(self, key: str, blob: bytes, lock: FillLock) -> int:
+        """Take ``lock`` and a fill lease to refresh ``key`` if L2 still holds ``blob``: 1
+        taken, 0 the lock is held, -1 the value changed or is gone (one script)."""
+        keys = self.keys
+        with mapped_errors("SET"):
+            return int(self._lane.run_script(
+                self._lock_stale, [keys.value(key), lock.key, keys.lease(key)],
+                [blob, lock.token, lock.ttl_ms, self._lease_ms]))
+
     def discard(self, key: str, blob: bytes) -> bool:
         """Delete ``key`` only if it still holds ``blob`` (compare-and-delete, one script)."""
         with mapped_errors("discard"):
@@ -204,27 +232,31 @@ class RedisStore:
                 [expected or b"", blob, ttl_ms, keys.channel, message]))
 
     def store_fill(
-        self, key: str, blob: bytes, ttl_ms: int, lock: FillLock, message: bytes
+        self, key: str, blob: bytes, ttl_ms: int, lock: FillLock, message: bytes, *,
+        refresh: bool = False,
     ) -> FillOutcome:
         """Store a computed value under its lease, release ``lock``, and send ``message``
-        if stored."""
+        if stored. A ``refresh`` (lease taken by :meth:`lock_stale`) replaces the value."""
         keys = self.keys
         with mapped_errors("SET"):
             stored, released, leased = self._lane.run_script(
                 self._store_fill, [keys.value(key), lock.key, keys.lease(key)],
-                [blob, ttl_ms, lock.token, keys.channel, message])
+                [blob, ttl_ms, lock.token, keys.channel, message,
+                 "refresh" if refresh else ""])
         lock.released(released)
         if stored:
             return FillOutcome.STORED
         return FillOutcome.BEATEN if leased else FillOutcome.REVOKED
 
-    def abandon_fill(self, key: str, lock: FillLock) -> None:
-        """Release ``lock`` and give up the fill's lease (its compute raised). Never raises:
-        a release Redis did not answer is logged and the lock expires by itself."""
+    def abandon_fill(self, key: str, lock: FillLock, *, hold_ms: int = 0) -> None:
+        """Give up the fill's lease (its compute raised) and release ``lock``, or keep it
+        ``hold_ms`` longer (a throttle). Never raises: a release Redis did not answer is
+        logged and the lock expires by itself."""
         try:
             with mapped_errors("release"):
                 released = self._lane.run_script(
-                    self._abandon_fill, [lock.key, self.keys.lease(key)], [lock.token])
+                    self._abandon_fill, [lock.key, self.keys.lease(key)],
+                    [lock.token, hold_ms])
         except BackendError as exc:
             lock.release_failed(exc)
             return

@@ -3,6 +3,7 @@ guard."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pytest
@@ -31,7 +32,7 @@ def value_of(store: LocalStore, key: str) -> object:
 def test_entry_is_live_until_its_ttl_and_gone_at_it(clock: FakeClock) -> None:
     store = LocalStore(10, clock)
     store.put("k", "v", 5.0, store.seq)
-    assert store.get("k") == ["v", 1005.0, 2]  # value, expiry, count (asked for twice)
+    assert store.get("k") == ["v", 1005.0, 2, 1005.0]  # value, expiry, count, usable until
     clock.advance(4.999)
     assert value_of(store, "k") == "v"
     clock.advance(0.001)  # exactly at expires_at: expired
@@ -67,7 +68,7 @@ def test_reput_restarts_the_ttl(clock: FakeClock) -> None:
 def test_cached_none_is_a_live_entry_not_a_miss(clock: FakeClock) -> None:
     store = LocalStore(10, clock)
     store.put("k", None, 5.0, store.seq)
-    assert store.get("k") == [None, 1005.0, 2]
+    assert store.get("k") == [None, 1005.0, 2, 1005.0]
 
 
 def test_missing_key_is_none(clock: FakeClock) -> None:
@@ -327,7 +328,7 @@ def test_batch_promotion_stores_all_with_their_ttls_and_respects_capacity(
     assert store.get("c") is None
     clock.advance(15)
     assert store.get("a") is None
-    assert store.get("b") == [2, 1020.0, 2]
+    assert store.get("b") == [2, 1020.0, 2, 1020.0]
     assert value_of(store, "old") == "o"
 
 
@@ -369,3 +370,46 @@ def test_hits_counts_only_hits_whatever_entries_were_let_in_with(clock: FakeCloc
             store.invalidate("a")
     assert served > 0
     assert store.hits() == served
+
+
+def test_a_stale_window_keeps_an_entry_for_stale_reads_only(clock: FakeClock) -> None:
+    store = LocalStore(10, clock)
+    store.put("k", "v", 5.0, store.seq, stale_for=10.0)
+    assert store.stale("k") is None  # fresh: a hit, not a stale read
+    clock.advance(5.0)
+    assert store.get("k") is None  # past its fresh time: no hit
+    entry = store.stale("k")
+    assert entry is not None and entry[0] == "v"
+    store.lease(clock.monotonic())  # the listener is behind: no stale read either
+    assert store.stale("k") is None
+    store.lease(math.inf)
+    clock.advance(10.0)
+    assert store.stale("k") is None  # past the window
+
+
+def test_an_entry_in_its_stale_window_is_not_evicted_as_dead(clock: FakeClock) -> None:
+    store = LocalStore(1, clock)
+    store.put("k", "v", 1.0, store.seq, stale_for=60.0)
+    clock.advance(2.0)
+    assert store.put("other", 1, 60.0, store.seq) is False  # k is stale, not dead
+    assert store.stale("k") is not None
+    clock.advance(60.0)
+    assert store.put("other", 1, 60.0, store.seq) is True  # now it is
+
+
+def test_a_bus_gap_keeps_stale_window_entries_for_fail_safe_only(clock: FakeClock) -> None:
+    store = LocalStore(10, clock)
+    store.put("plain", 1, 60.0, store.seq)
+    store.put("windowed", 2, 60.0, store.seq, stale_for=60.0)
+    store.lease(clock.monotonic() + 1.0)  # the bus is up
+    store.clear(gap=True)  # ... and goes down: notices may be lost from here on
+    assert "plain" not in store.data
+    assert store.get("windowed") is None  # no hit: it may have missed an invalidation
+    assert store.stale("windowed") is None  # nor a stale read while the bus serves leases
+    store.lease(math.inf)  # the listener is down (Redis unreachable)
+    entry = store.stale("windowed")
+    assert entry is not None and entry[0] == 2  # fail-safe
+    store.lease(clock.monotonic() + 1.0)  # back up: L2 decides again
+    assert store.stale("windowed") is None
+    store.clear()  # a clear() from the fleet drops it for good
+    assert len(store) == 0

@@ -25,6 +25,7 @@ from .core.errors import (
     RecursiveComputeError,
     ValueEncodeError,
     ValueTooLargeError,
+    ValueTypeError,
 )
 from .core.front import FleetCache
 from .core.stats import CacheStats, Health
@@ -56,6 +57,7 @@ __all__ = [
     "SystemClock",
     "ValueEncodeError",
     "ValueTooLargeError",
+    "ValueTypeError",
 ]
 
 __version__ = "0.2.0.dev0"

@@ -8,6 +8,8 @@ redis-py formats host and port only).
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class FleetCacheError(Exception):
     """Root of every exception fleetcache raises."""
@@ -40,6 +42,22 @@ class ValueEncodeError(FleetCacheError, TypeError):
             f"cannot cache {value_type.__module__}.{value_type.__qualname__} under key "
             f"{key!r}: {reason}"
         )
+
+
+class ValueTypeError(FleetCacheError, TypeError):
+    """A typed read (``get(key, type=T)``, ``get_or_compute(..., type=T)``) found a value
+    that does not convert to ``T``; for a computed value, nothing was stored.
+
+    Attributes:
+        key: the cache key.
+        expected: the type asked for.
+    """
+
+    def __init__(self, key: str, expected: Any, reason: str) -> None:
+        self.key = key
+        self.expected = expected
+        name = getattr(expected, "__qualname__", None) or repr(expected)
+        super().__init__(f"the value of {key!r} is not a {name}: {reason}")
 
 
 class ValueTooLargeError(InvalidArgumentError):

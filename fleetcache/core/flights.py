@@ -36,11 +36,13 @@ NO_VALUE: Any = object()
 @dataclass(frozen=True, slots=True)
 class Fill(Generic[T]):
     """What a flight computes and how long the value is kept: fresh for ``ttl`` seconds,
-    then stale but servable for ``stale_ttl`` more (0: not at all)."""
+    then stale but servable for ``stale_ttl`` more (0: not at all); ``type``, if given,
+    the type every reader converts it to (checked before a computed value is stored)."""
 
     compute: Callable[[], T]
     ttl: float
     stale_ttl: float = 0.0
+    type: Any = None
 
 
 class Flight:

@@ -26,11 +26,12 @@ from .codec import Codec
 from .config import CacheConfig, check_seconds
 from .decorator import CachedFunction, default_prefix
 from .errors import BackendError
+from .flights import Fill
 from .readpath import ReadPath
 from .singleflight import SingleFlight
 from .stats import CacheStats, Health
 from .strategy import CacheStrategy, resolve_ttl
-from .tiers import Tiers
+from .tiers import MISSING, Tiers
 from .writes import Writes
 
 T = TypeVar("T")
@@ -152,11 +153,16 @@ class FleetCache:
     def get(self, key: str) -> Any: ...
     @overload
     def get(self, key: str, default: D) -> Any | D: ...
+    @overload
+    def get(self, key: str, default: D = ..., *, type: type[T]) -> T | D: ...
 
-    def get(self, key: str, default: Any = None) -> Any:
+    def get(self, key: str, default: Any = None, *, type: Any = None) -> Any:
         """The value of ``key``, or ``default`` on a miss (a cached None is returned as None).
 
         Never raises for Redis trouble: an unreachable Redis or a corrupt entry is a miss.
+        ``type``: convert the value to it (a msgspec Struct, a dataclass, ``list[int]``,
+        anything ``msgspec.convert`` takes), validated; ``ValueTypeError`` if it does not
+        fit. L1 holds the plain form: each typed read converts (see README).
         """
         try:
             entry = self._l1_get(key)
@@ -164,8 +170,11 @@ class FleetCache:
             entry = None
         if entry is not None and entry[1] > self._now() < self._l1.fresh_until:
             entry[2] += 1  # its hits: what keeps it in L1, and the l1_hits statistic
-            return entry[0]
-        return self._reads.get(key, default)
+            return entry[0] if type is None else self._tiers.convert(key, entry[0], type)
+        value = self._reads.get(key, MISSING)
+        if value is MISSING:
+            return default
+        return value if type is None else self._tiers.convert(key, value, type)
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """The found values of ``keys`` (any iterable of keys, not a lone str; missing keys
@@ -242,6 +251,7 @@ class FleetCache:
     def get_or_compute(
         self, key: str, compute: Callable[[], T], *, ttl: float | None = None,
         strategy: CacheStrategy | None = None, stale_ttl: float | None = None,
+        type: Any = None,
     ) -> T:
         """The cached value of ``key``, or ``compute()``'s result, computed once fleet-wide.
 
@@ -255,6 +265,9 @@ class FleetCache:
         a caller gets it at once while one worker of the fleet recomputes it in the
         background, and if that recompute raises (or Redis is down) callers keep getting
         it (fail-safe; see ``fail_safe_throttle``). L2 keeps the value ``ttl + stale_ttl``.
+
+        ``type``: as for :meth:`get`; a computed value that does not fit raises
+        ``ValueTypeError`` and is not stored.
         """
         try:
             entry = self._l1_get(key)
@@ -262,14 +275,19 @@ class FleetCache:
             entry = None
         if entry is not None and entry[1] > self._now() < self._l1.fresh_until:
             entry[2] += 1
-            return entry[0]  # type: ignore[no-any-return]
+            if type is None:
+                return entry[0]  # type: ignore[no-any-return]
+            return self._tiers.convert(key, entry[0], type)  # type: ignore[no-any-return]
         tiers = self._tiers
         tiers.check_key(key)
         window = 0.0 if stale_ttl is None else check_seconds("stale_ttl", stale_ttl)
         entry = self._reads.late_hit(key)
         if entry is not None:
-            return entry[0]  # type: ignore[no-any-return]
-        return self._flights.get_or_compute(key, compute, tiers.ttl(ttl, strategy), window)
+            value = entry[0]
+        else:
+            value = self._flights.get_or_compute(
+                key, Fill(compute, tiers.ttl(ttl, strategy), window, type))
+        return value if type is None else tiers.convert(key, value, type)  # type: ignore[no-any-return]
 
     def cached(
         self, ttl: float | None = None, *, strategy: CacheStrategy | None = None,

@@ -94,15 +94,15 @@ class Refresher:
             started = time.monotonic()
             try:
                 value = self._flight.run(fill.compute)
+                released, _ = self._flight.store_computed(
+                    proc, lock, key, value, fill, seq=seq, started=started, refresh=True)
             except Exception as exc:  # fail-safe: the stale value stays in service
+                # (the compute raised, or its value did not fit the caller's type)
                 self._failed(key, exc)
                 proc.l2.abandon_fill(key, lock,
                                      hold_ms=int(tiers.config.fail_safe_throttle * 1000))
                 released = True
                 self._throttle(proc, key)
-                return
-            released, _ = self._flight.store_computed(
-                proc, lock, key, value, fill, seq=seq, started=started, refresh=True)
         finally:
             if not released:
                 proc.l2.abandon_fill(key, lock)

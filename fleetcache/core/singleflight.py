@@ -51,8 +51,7 @@ class SingleFlight:
         self._tiers = tiers
         self._refresher = Refresher(tiers, self)
 
-    def get_or_compute(self, key: str, compute: Callable[[], T], ttl: float,
-                       stale_ttl: float = 0.0) -> T:
+    def get_or_compute(self, key: str, fill: Fill[T]) -> T:
         """The value of ``key`` from L1 (filled meanwhile), L2, or one compute per fleet.
 
         With ``stale_ttl``, a value past its fresh time but within that window is returned
@@ -60,13 +59,13 @@ class SingleFlight:
         """
         tiers = self._tiers
         proc = tiers.process()
-        if stale_ttl > 0:
+        if fill.stale_ttl > 0:
             entry = tiers.l1.stale(key)
             if entry is None and key in tiers.l1.data and tiers.await_listener():
                 entry = tiers.l1.stale(key)  # the listener was only late: look again
             if entry is not None:
                 tiers.counters.stale_served += 1
-                self._refresher.start(proc, key, Fill(compute, ttl, stale_ttl))
+                self._refresher.start(proc, key, fill)
                 return entry[0]  # type: ignore[no-any-return]
         flight, leader = proc.flights.join(key)  # raises for a compute asking for its own key
         while not leader:
@@ -82,7 +81,7 @@ class SingleFlight:
                 return flight.value  # type: ignore[no-any-return]
             else:  # the leader was interrupted (a killed greenlet): start afresh
                 flight, leader = proc.flights.join(key)
-        return self._lead(proc, flight, key, Fill(compute, ttl, stale_ttl))
+        return self._lead(proc, flight, key, fill)
 
     def _lead(self, proc: ProcessState, flight: Flight, key: str, fill: Fill[T]) -> T:
         tiers = self._tiers
@@ -194,6 +193,8 @@ class SingleFlight:
         tiers = self._tiers
         seq = tiers.l1.seq
         value = self._readable(key, self.run(fill.compute), fill.ttl)
+        if fill.type is not None:
+            tiers.convert(key, value, fill.type)  # raises before L1 keeps a misfit
         tiers.keep(key, value, fill.ttl, seq, fill.stale_ttl)
         return value  # type: ignore[no-any-return]
 
@@ -245,6 +246,8 @@ class SingleFlight:
             self._uncacheable(key, exc)
             tiers.keep(key, value, ttl, seq, stale_ttl)
             return False, value
+        if fill.type is not None:  # what every reader will convert: it must fit first
+            tiers.convert(key, served, fill.type)
         try:
             outcome = proc.l2.store_fill(key, blob, int((ttl + stale_ttl) * 1000), lock,
                                          proc.bus.message(key), refresh=refresh)

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
+import msgspec
 import redis
 
 from ..redis.keys import KeyLayout
@@ -25,6 +26,7 @@ from .errors import (
     CorruptValueError,
     InvalidArgumentError,
     InvalidKeyError,
+    ValueTypeError,
 )
 from .l1 import LocalStore
 from .process import ProcessState
@@ -139,6 +141,15 @@ class Tiers:
         if self.keep(key, value, left, seq):
             self.counters.promotions += 1
         return value
+
+    @staticmethod
+    def convert(key: str, value: Any, expected: Any) -> Any:
+        """``value`` (as decoded from MessagePack) converted to ``expected`` and validated by
+        msgspec; ``ValueTypeError`` naming the key and the type if it does not fit."""
+        try:
+            return msgspec.convert(value, expected)
+        except (msgspec.ValidationError, TypeError, ValueError) as exc:
+            raise ValueTypeError(key, expected, str(exc)) from exc
 
     def fresh_left(self, expires_at_ms: int) -> float:
         """Seconds until a value stored to expire at ``expires_at_ms`` goes stale."""

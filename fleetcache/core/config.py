@@ -23,7 +23,7 @@ EMBEDDED = "embedded"  # the URL that asks for a private server (fleetcache.serv
 _SCHEMES = ("redis://", "rediss://", "unix://")
 _DEFAULT_FILL_TIMEOUT = 60.0
 MIN_CONNECTIONS = 4  # the listener's one, the lane's idle ones, and room for the rest
-_MAX_TTL = 10 * 365 * 24 * 3600.0  # ten years: anything longer is a bug, not a TTL
+MAX_TTL = 10 * 365 * 24 * 3600.0  # ten years: anything longer is a bug, not a TTL
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +52,9 @@ class CacheConfig:
         fail_safe_throttle: after a refresh of a stale value raised, no process of the
             fleet tries that key's compute again for this long (its lock is kept), while
             callers keep getting the stale value.
+        ttl_jitter: every TTL written is shortened by a random fraction in
+            ``[0, ttl_jitter]`` (never lengthened), so keys written together do not expire
+            together; 0 writes exact TTLs.
         health_check_interval: how often the invalidation listener PINGs its connection.
         health_check_timeout: a PONG later than this means the bus is down (L1 flushed).
         degraded_l1_ttl: L1 life of entries stored while the bus is down (bounds staleness).
@@ -88,6 +91,7 @@ class CacheConfig:
     lock_timeout: float = 10.0
     fill_timeout: float | None = None
     fail_safe_throttle: float = 2.0
+    ttl_jitter: float = 0.05
     health_check_interval: float = 1.0
     health_check_timeout: float = 0.5
     degraded_l1_ttl: float = 1.0
@@ -132,6 +136,10 @@ class CacheConfig:
                      "fail_safe_throttle", "health_check_interval", "health_check_timeout",
                      "degraded_l1_ttl", "max_listener_lag", "reconnect_backoff"):
             check_seconds(name, getattr(self, name), ConfigError)
+        if (isinstance(self.ttl_jitter, bool) or not isinstance(self.ttl_jitter, int | float)
+                or not 0 <= self.ttl_jitter < 1):
+            raise ConfigError(f"ttl_jitter must be a fraction in [0, 1), got "
+                              f"{self.ttl_jitter!r}")
         if self.fill_timeout is not None and check_seconds(
                 "fill_timeout", self.fill_timeout, ConfigError) < self.lock_timeout:
             raise ConfigError(f"fill_timeout ({self.fill_timeout} s) must be at least "
@@ -230,8 +238,8 @@ def check_seconds(
     """Validate a duration: a finite number of seconds in [1 ms, ten years]."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise error(f"{name} must be a number of seconds, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0.001 or value > _MAX_TTL:
-        raise error(f"{name} must be >= 0.001 and <= {_MAX_TTL:.0f} seconds, got {value!r}")
+    if not math.isfinite(value) or value < 0.001 or value > MAX_TTL:
+        raise error(f"{name} must be >= 0.001 and <= {MAX_TTL:.0f} seconds, got {value!r}")
     return float(value)
 
 

@@ -10,6 +10,7 @@ and TTLs are checked, how a failed read is reported.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -20,7 +21,7 @@ import redis
 from ..redis.keys import KeyLayout
 from .clock import Clock
 from .codec import Codec
-from .config import CacheConfig, env_url
+from .config import MAX_TTL, CacheConfig, env_url
 from .errors import (
     CacheClosedError,
     CorruptValueError,
@@ -223,6 +224,21 @@ class Tiers:
         return found
 
     def ttl(self, ttl: float | None, strategy: CacheStrategy | None) -> float:
+        """The L2 TTL to write for a call: what it asks for (``default_ttl`` if it names
+        none), :meth:`jitter`-ed."""
+        return self.jitter(self.requested_ttl(ttl, strategy))
+
+    def requested_ttl(self, ttl: float | None, strategy: CacheStrategy | None) -> float:
         """The L2 TTL a call asks for, ``default_ttl`` if it names none."""
         seconds = resolve_ttl(ttl, strategy)
         return self.config.default_ttl if seconds is None else seconds
+
+    def jitter(self, seconds: float) -> float:
+        """``seconds`` shortened by a random fraction in ``[0, ttl_jitter]`` (never below
+        1 ms, never longer), so keys written together do not all expire together. The
+        longest TTL there is (ten years: what the framework backends write for "no
+        expiry") is left alone."""
+        spread = self.config.ttl_jitter
+        if not spread or seconds >= MAX_TTL:
+            return seconds
+        return max(0.001, seconds * (1.0 - spread * random.random()))

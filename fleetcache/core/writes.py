@@ -72,13 +72,16 @@ class Writes:
     def set_many(self, mapping: Mapping[str, Any], ttl: float | None,
                  strategy: CacheStrategy | None) -> None:
         tiers = self._tiers
-        seconds = tiers.ttl(ttl, strategy)
-        blobs: list[tuple[str, bytes]] = []
+        requested = tiers.requested_ttl(ttl, strategy)
+        blobs: list[tuple[str, bytes, int]] = []
         items: list[tuple[str, Any]] = []  # as every reader will decode them
+        seconds = requested
         for key, value in mapping.items():
             tiers.check_key(key)
-            blob, decoded = tiers.encode(key, value, seconds)
-            blobs.append((key, blob))
+            own = tiers.jitter(requested)  # its own TTL: keys written together expire apart
+            seconds = min(seconds, own)
+            blob, decoded = tiers.encode(key, value, own)
+            blobs.append((key, blob, int(own * 1000)))
             items.append((key, decoded))
         if not items:
             return
@@ -86,7 +89,7 @@ class Writes:
         seq = tiers.l1.seq
         keys = [key for key, _ in items]
         try:
-            proc.l2.set_many_and_publish(blobs, int(seconds * 1000), proc.bus.message(keys))
+            proc.l2.set_many_and_publish(blobs, proc.bus.message(keys))
         except BackendError:
             for key in keys:
                 tiers.l1.invalidate(key)  # unknown outcome: never keep old values locally
@@ -133,7 +136,7 @@ class Writes:
         """(the int ``blob`` holds, 0 if none; the TTL to write: ``ttl``, else the entry's
         own remaining life, else ``default_ttl``)."""
         tiers = self._tiers
-        default = tiers.config.default_ttl if ttl is None else ttl
+        default = tiers.jitter(tiers.config.default_ttl) if ttl is None else ttl
         if blob is None:
             return 0, default
         try:

@@ -110,12 +110,13 @@ redis.call('DEL', KEYS[2])
 return 1
 """
 
-# KEYS: n values, then their n leases; ARGV: ms, channel, one notice for all, a blob per key.
+# KEYS: n values, then their n leases; ARGV: channel, one notice for all, then a blob and
+# its ms per key (each its own TTL: see ttl_jitter).
 _SET_MANY_PUBLISH = """
 local n = #KEYS / 2
-redis.call('PUBLISH', ARGV[2], ARGV[3])
+redis.call('PUBLISH', ARGV[1], ARGV[2])
 for i = 1, n do
-  redis.call('SET', KEYS[i], ARGV[3 + i], 'PX', ARGV[1])
+  redis.call('SET', KEYS[i], ARGV[1 + 2 * i], 'PX', ARGV[2 + 2 * i])
   redis.call('DEL', KEYS[n + i])
 end
 return n
@@ -263,13 +264,16 @@ class RedisStore:
         lock.released(released)
 
     def set_many_and_publish(
-        self, blobs: Sequence[tuple[str, bytes]], ttl_ms: int, message: bytes
+        self, blobs: Sequence[tuple[str, bytes, int]], message: bytes
     ) -> None:
-        """SET every ``(key, blob)`` and PUBLISH one ``message`` naming them all, atomically."""
+        """SET every ``(key, blob, ttl_ms)`` and PUBLISH one ``message`` naming them all,
+        atomically."""
+        args: list[Any] = [self.keys.channel, message]
+        for _, blob, ttl_ms in blobs:
+            args += (blob, ttl_ms)
         with mapped_errors("SET"):
-            self._lane.run_script(self._set_many, self._with_leases([key for key, _ in blobs]),
-                                  [ttl_ms, self.keys.channel, message,
-                                   *(blob for _, blob in blobs)])
+            self._lane.run_script(self._set_many,
+                                  self._with_leases([key for key, _, _ in blobs]), args)
 
     def delete_and_publish(self, keys: Sequence[str], message: bytes) -> int:
         """DEL ``keys`` (revoking fills) and PUBLISH ``message`` atomically; how many

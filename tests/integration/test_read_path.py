@@ -59,7 +59,7 @@ def test_l1_never_outlives_the_l2_ttl(make_cache: Callable[..., FleetCache]) -> 
     """On the clock seam: no sleep. l1_ttl is 300 s by default, so only the value's own
     expiry (written into its envelope from the writer's clock) can end the L1 entries."""
     clock = FakeClock()
-    a, b = make_cache(clock=clock), make_cache(clock=clock)
+    a, b = make_cache(clock=clock, ttl_jitter=0), make_cache(clock=clock, ttl_jitter=0)
     assert a.connect(wait=5.0) and b.connect(wait=5.0)
     set_on_a_quietly(a, b, "short", "lived", ttl=10)
     assert b.get("short") == "lived"

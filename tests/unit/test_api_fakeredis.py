@@ -304,7 +304,7 @@ def test_strategy_must_be_a_cache_strategy(
 def test_ttl_strategy_and_default_reach_redis(
     make: Factory, raw: redis.Redis, namespace: str
 ) -> None:
-    cache = make(default_ttl=123)
+    cache = make(default_ttl=123, ttl_jitter=0)  # exact TTLs (jitter: test_jitter.py)
     cache.set("ttl", 1, ttl=2)
     cache.set("strategy", 1, strategy=CacheStrategy.SHORT_TERM)
     cache.set("default", 1)

@@ -18,7 +18,8 @@ from typing import Any
 
 from . import harness as h
 
-ORDER = ("l1_hit", "l2_hit", "codec", "stampede", "invalidation", "fleet", "memory", "hit_ratio")
+ORDER = ("l1_hit", "l2_hit", "codec", "stampede", "invalidation", "fleet", "memory", "hit_ratio",
+         "stale")
 TITLES = {
     "l1_hit": "1. L1 hit, write and eviction",
     "l2_hit": "2. L2 hit (L1 cold)",
@@ -28,6 +29,7 @@ TITLES = {
     "fleet": "6. Fleet (gunicorn)",
     "memory": "7. Memory",
     "hit_ratio": "8. L1 hit ratio (eviction policy)",
+    "stale": "9. Serve-stale refresh",
 }
 
 

@@ -460,6 +460,17 @@ class Child:
                 self.proc.wait(5)
 
 
+def read_line(gevent_mode: bool = False) -> str:
+    """Child side of :class:`Child`: the next command line from stdin, stripped ("" at EOF).
+    Under gevent it waits for stdin in the hub first: a blocking read would stop the hub,
+    and with it every other greenlet (fleetcache's bus listener among them)."""
+    if gevent_mode:
+        from gevent.socket import wait_read
+
+        wait_read(sys.stdin.fileno())
+    return sys.stdin.readline().strip()
+
+
 def say(obj: Any) -> None:
     """Child side of :class:`Child`: one protocol line on stdout."""
     text = obj if isinstance(obj, str) else json.dumps(obj, separators=(",", ":"))

@@ -153,20 +153,12 @@ def _burst(ask: Any, key: str, start_at: float, callers: int) -> dict[str, Any]:
     return {"lat_ms": latencies, "values": sorted(values), "errors": errors}
 
 
-def _read_line(gevent_mode: bool) -> str:
-    if gevent_mode:  # a blocking read would stop the hub, and with it the bus listener
-        from gevent.socket import wait_read
-
-        wait_read(sys.stdin.fileno())
-    return sys.stdin.readline().strip()
-
-
 def worker(args: argparse.Namespace) -> None:
     compute: dict[str, _Computes] = {}
     peers: dict[str, tuple[Any, Any, Any]] = {}
     h.say("ready")
     while True:
-        line = _read_line(args.gevent)
+        line = h.read_line(args.gevent)
         if not line or line == "exit":
             break
         cmd, _, rest = line.partition(" ")

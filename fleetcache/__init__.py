@@ -28,12 +28,14 @@ from .core.errors import (
     ValueTypeError,
 )
 from .core.front import FleetCache
+from .core.notfound import NOT_FOUND, NotFound
 from .core.stats import CacheStats, Health
 from .core.strategy import CacheStrategy
 from .redis.keys import KeyLayout
 from .redis.streams import StreamEntry
 
 __all__ = [
+    "NOT_FOUND",
     "BackendAuthError",
     "BackendError",
     "BackendUnavailableError",
@@ -51,6 +53,7 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidKeyError",
     "KeyLayout",
+    "NotFound",
     "PoolExhaustedError",
     "RecursiveComputeError",
     "StreamEntry",

@@ -1,6 +1,7 @@
 """MessagePack encoding of cache values inside a small typed envelope (never pickle).
 
-Stored bytes are ``[1, expires_at_ms, payload]``, plus an HMAC when signing is on. The
+Stored bytes are ``[1, expires_at_ms, payload]`` (``[2, expires_at_ms, nil]`` for a cached
+:data:`~fleetcache.core.notfound.NOT_FOUND`), plus an HMAC when signing is on. The
 envelope makes foreign bytes fail validation instead of decoding to nonsense
 (``redis-cli SET k 1`` writes ``b"1"``, which plain MessagePack reads as the integer 49),
 and carries the absolute L2 expiry so a
@@ -22,12 +23,13 @@ from typing import Any, Literal
 import msgspec
 
 from .errors import CorruptValueError, ValueEncodeError, ValueTooLargeError
+from .notfound import NOT_FOUND
 
 _MAC_SIZE = 32  # HMAC-SHA256
 
 
 class _Envelope(msgspec.Struct, array_like=True, frozen=True):
-    version: Literal[1]
+    version: Literal[1, 2]  # 2: a cached NOT_FOUND (negative caching), no data
     expires_at_ms: int
     data: msgspec.Raw
 
@@ -56,13 +58,16 @@ class Codec:
         A value that MessagePack would silently turn into something else (see
         :func:`changed_part`) is refused, so no process ever reads a different thing.
         """
-        changed = changed_part(value, self.strict_types)
-        if changed is not None:
-            raise ValueEncodeError(key, type(changed), _why_refused(changed))
-        try:
-            blob = self._encode((1, expires_at_ms, value))
-        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-            raise ValueEncodeError(key, culprit(value, exc), str(exc)) from exc
+        if value is NOT_FOUND:
+            blob = self._encode((2, expires_at_ms, None))
+        else:
+            changed = changed_part(value, self.strict_types)
+            if changed is not None:
+                raise ValueEncodeError(key, type(changed), _why_refused(changed))
+            try:
+                blob = self._encode((1, expires_at_ms, value))
+            except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+                raise ValueEncodeError(key, culprit(value, exc), str(exc)) from exc
         if self._signing_key is not None:
             blob += self._mac(key, blob)
         if len(blob) > self.max_value_bytes:
@@ -76,6 +81,8 @@ class Codec:
         keeps that, not the caller's object, so it reads what the fleet reads (a tuple as a
         list, a Struct as a dict) and later mutations of the object change nothing."""
         blob = self.encode(key, value, expires_at_ms)
+        if value is NOT_FOUND:
+            return blob, NOT_FOUND
         body = blob[:-_MAC_SIZE] if self._signing_key is not None else blob
         return blob, self._decode_payload(self._decode_envelope(body).data)
 
@@ -104,6 +111,8 @@ class Codec:
             blob = body
         try:
             env = self._decode_envelope(blob)
+            if env.version == 2:
+                return NOT_FOUND, env.expires_at_ms
             return self._decode_payload(env.data), env.expires_at_ms
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise CorruptValueError(f"not a fleetcache value: {exc}") from exc

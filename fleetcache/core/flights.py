@@ -37,12 +37,15 @@ NO_VALUE: Any = object()
 class Fill(Generic[T]):
     """What a flight computes and how long the value is kept: fresh for ``ttl`` seconds,
     then stale but servable for ``stale_ttl`` more (0: not at all); ``type``, if given,
-    the type every reader converts it to (checked before a computed value is stored)."""
+    the type every reader converts it to (checked before a computed value is stored);
+    ``negative_ttl``, if given, how long a computed ``NOT_FOUND`` is cached (else it is
+    not)."""
 
     compute: Callable[[], T]
     ttl: float
     stale_ttl: float = 0.0
     type: Any = None
+    negative_ttl: float | None = None
 
 
 class Flight:

@@ -27,6 +27,7 @@ from .config import CacheConfig, check_seconds
 from .decorator import CachedFunction, default_prefix
 from .errors import BackendError
 from .flights import Fill
+from .notfound import NOT_FOUND
 from .readpath import ReadPath
 from .singleflight import SingleFlight
 from .stats import CacheStats, Health
@@ -251,7 +252,7 @@ class FleetCache:
     def get_or_compute(
         self, key: str, compute: Callable[[], T], *, ttl: float | None = None,
         strategy: CacheStrategy | None = None, stale_ttl: float | None = None,
-        type: Any = None,
+        type: Any = None, negative_ttl: float | None = None,
     ) -> T:
         """The cached value of ``key``, or ``compute()``'s result, computed once fleet-wide.
 
@@ -268,6 +269,11 @@ class FleetCache:
 
         ``type``: as for :meth:`get`; a computed value that does not fit raises
         ``ValueTypeError`` and is not stored.
+
+        ``negative_ttl``: a compute that finds nothing returns ``fleetcache.NOT_FOUND``;
+        that answer is then cached this long (usually much shorter than ``ttl``) and every
+        caller gets ``NOT_FOUND`` until it expires or the key is written. Without it,
+        ``NOT_FOUND`` is returned and not cached.
         """
         try:
             entry = self._l1_get(key)
@@ -281,17 +287,22 @@ class FleetCache:
         tiers = self._tiers
         tiers.check_key(key)
         window = 0.0 if stale_ttl is None else check_seconds("stale_ttl", stale_ttl)
+        if negative_ttl is not None:
+            check_seconds("negative_ttl", negative_ttl)
         entry = self._reads.late_hit(key)
         if entry is not None:
             value = entry[0]
         else:
             value = self._flights.get_or_compute(
-                key, Fill(compute, tiers.ttl(ttl, strategy), window, type))
-        return value if type is None else tiers.convert(key, value, type)  # type: ignore[no-any-return]
+                key, Fill(compute, tiers.ttl(ttl, strategy), window, type, negative_ttl))
+        if type is None or value is NOT_FOUND:
+            return value  # type: ignore[no-any-return]
+        return tiers.convert(key, value, type)  # type: ignore[no-any-return]
 
     def cached(
         self, ttl: float | None = None, *, strategy: CacheStrategy | None = None,
         key_prefix: str | None = None, stale_ttl: float | None = None,
+        negative_ttl: float | None = None,
     ) -> Callable[[Callable[P, T]], CachedFunction[P, T]]:
         """Decorator: cache a function's result under a key built from its name and args.
 
@@ -301,12 +312,14 @@ class FleetCache:
         methods (``self`` is not part of the key).
         """
         resolve_ttl(ttl, strategy)  # fail at decoration time, not on first call
-        if stale_ttl is not None:
-            check_seconds("stale_ttl", stale_ttl)
+        for name, seconds in (("stale_ttl", stale_ttl), ("negative_ttl", negative_ttl)):
+            if seconds is not None:
+                check_seconds(name, seconds)
 
         def decorate(fn: Callable[P, T]) -> CachedFunction[P, T]:
             prefix = key_prefix or default_prefix(fn)
-            return CachedFunction(self, fn, prefix, ttl, strategy, stale_ttl=stale_ttl)
+            return CachedFunction(self, fn, prefix, ttl, strategy, stale_ttl=stale_ttl,
+                                  negative_ttl=negative_ttl)
 
         return decorate
 

@@ -68,7 +68,7 @@ class LocalStore:
     """Bounded TTL store. ``data`` is read directly by the cache's hit path."""
 
     __slots__ = ("_age_at", "_counted", "_counters", "_floor", "_gone_hits", "_lock", "_now",
-                 "_sketch", "_touched", "capacity", "data", "fresh_until", "seq")
+                 "_sketch", "_touched", "capacity", "data", "fresh_until", "negative", "seq")
 
     def __init__(self, capacity: int, clock: Clock = SYSTEM_CLOCK,
                  counters: Counters | None = None) -> None:
@@ -79,6 +79,9 @@ class LocalStore:
         # O(1) (move_to_end); on a plain dict, deleting at the front leaves dead slots that
         # every later scan of the front must skip. Lookups cost the same as on a dict.
         self.data: OrderedDict[str, Entry] = OrderedDict()
+        # Cached NOT_FOUND answers (negative caching): key -> expires_at. Apart from
+        # ``data``, so the hit path never meets the sentinel; oldest dropped at capacity.
+        self.negative: OrderedDict[str, float] = OrderedDict()
         self._sketch = FrequencySketch(capacity)
         self._counted = 0  # misses counted since the last halving
         self._gone_hits = 0  # hits counted outside the live entries' counts (see hits())
@@ -163,6 +166,27 @@ class LocalStore:
             return entry if self.fresh_until == math.inf else None
         return entry if now < self.fresh_until else None
 
+    def put_negative(self, key: str, ttl: float, seq: int) -> bool:
+        """Remember that ``key`` has nothing (a cached ``NOT_FOUND`` read or computed at
+        ``seq``) for ``ttl`` seconds; False if ``key`` moved since."""
+        with self._lock:
+            if self._moved(key, seq):
+                return False
+            self._drop(key)
+            negative = self.negative
+            if negative.pop(key, None) is None and len(negative) >= self.capacity:
+                if not negative:
+                    return False  # capacity 0
+                negative.popitem(last=False)
+            negative[key] = self._now() + ttl
+            return True
+
+    def is_negative(self, key: str) -> bool:
+        """Whether a live cached ``NOT_FOUND`` is held for ``key`` (the listener's lease
+        holding, as for a hit)."""
+        until = self.negative.get(key)
+        return until is not None and until > self._now() < self.fresh_until
+
     def lease(self, until: float) -> None:
         """Serve hits only before ``until`` (the listener's lease; see the module doc)."""
         self.fresh_until = until
@@ -171,7 +195,7 @@ class LocalStore:
         """Drop ``key``; True if it was present."""
         with self._lock:
             self._touch(key)
-            return self._drop(key)
+            return self._drop(key) | (self.negative.pop(key, None) is not None)
 
     def clear(self, gap: bool = False) -> None:
         """Drop everything (and void in-flight promotions). The sketch is kept: what was
@@ -185,6 +209,7 @@ class LocalStore:
             self.seq += 1
             self._floor = self.seq
             self._touched.clear()
+            self.negative.clear()
             for key, entry in list(self.data.items()):
                 if gap and entry[USABLE] > entry[EXPIRES]:
                     entry[EXPIRES] = -math.inf
@@ -229,6 +254,8 @@ class LocalStore:
     def _insert(self, key: str, value: Any, expires_at: float, usable_until: float) -> bool:
         """Store ``key``, if it is resident or wins a place (see the module doc)."""
         data = self.data
+        if self.negative:
+            self.negative.pop(key, None)  # a value now: no longer "nothing"
         old = data.get(key)
         if old is not None:  # replaced in place: it keeps its slot and its count
             data[key] = [value, expires_at, old[COUNT], usable_until]

@@ -8,6 +8,7 @@ forked child.
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable
 
 import redis
@@ -61,6 +62,12 @@ class ProcessState:
         self.refresh_lock = threading.Lock()
         self.refreshing: set[str] = set()
         self.throttled: dict[str, float] = {}
+        # Refreshes waiting for the dispatcher, which starts their threads (Thread.start
+        # waits for the new thread to run: a caller must not), and wakes it.
+        self.refresh_queue: deque[Callable[[], None]] = deque()
+        self.refresh_wake = threading.Event()
+        self.refresh_dispatcher: threading.Thread | None = None
+        self.closed = False
         self.bus: Bus = InvalidationBus(
             self.client, channel=keys.channel, codec=codec, config=config, clock=clock,
             counters=counters, on_key=on_invalidate,
@@ -80,6 +87,8 @@ class ProcessState:
 
     def close(self) -> None:
         """Stop the listener and close every connection (of a pool we built)."""
+        self.closed = True
+        self.refresh_wake.set()  # the refresh dispatcher, if any, ends
         self.bus.stop()
         self.l2.close()
         if self._owns_client:

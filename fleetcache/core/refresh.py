@@ -12,11 +12,14 @@ usual notice drops every worker's stale copy.
 
 Fail-safe: a refresh that raises keeps the fleet lock ``fail_safe_throttle`` seconds, so no
 process retries a failing database before then, and callers keep getting the stale value
-until the window ends. The error is counted (``refresh_errors``) and logged, the 1st, 2nd,
-4th, 8th... time.
+until the window ends. A process that finds the lock held (another worker refreshes, or its
+failure holds the throttle) does not try again until that lock ends (at most
+``fail_safe_throttle``): else every stale read would start a thread and a script call.
+The error is counted (``refresh_errors``) and logged, the 1st, 2nd, 4th, 8th... time.
 
 A refresh runs on a daemon thread, which is a greenlet once gevent has patched
-``threading``: the caller that started it never waits, and a hub is never blocked by it.
+``threading``: the caller that asked for it only appends to a queue (a per-process
+dispatcher thread starts the refresh threads), and a hub is never blocked by it.
 """
 
 from __future__ import annotations
@@ -51,16 +54,34 @@ class Refresher:
         """Refresh ``key`` in the background unless this process already does, or its last
         refresh failed less than ``fail_safe_throttle`` ago. ``blob``: the stale bytes just
         read from L2 (None: read them again)."""
+        dispatcher = None
         with proc.refresh_lock:
             if key in proc.refreshing or proc.throttled.get(key, 0.0) > time.monotonic():
                 return
             proc.refreshing.add(key)
-        thread = threading.Thread(target=self._run, name="fleetcache-refresh", daemon=True,
-                                  args=(proc, key, fill, blob))
-        try:
-            thread.start()
-        except RuntimeError:  # the interpreter is shutting down: no refresh, no harm
-            self._done(proc, key)
+            if proc.refresh_dispatcher is None:  # the first refresh of this process
+                dispatcher = proc.refresh_dispatcher = threading.Thread(
+                    target=self._dispatch, args=(proc,), name="fleetcache-refresh-dispatch",
+                    daemon=True)
+        proc.refresh_queue.append(lambda: self._run(proc, key, fill, blob))
+        proc.refresh_wake.set()
+        if dispatcher is not None:
+            dispatcher.start()
+
+    def _dispatch(self, proc: ProcessState) -> None:
+        """Start each queued refresh on its own thread, so that the caller that asked for
+        it does not wait for ``Thread.start`` (which returns only once the thread runs)."""
+        queue, wake = proc.refresh_queue, proc.refresh_wake
+        while not proc.closed:
+            wake.wait()
+            wake.clear()
+            while queue:
+                task = queue.popleft()
+                try:
+                    threading.Thread(target=task, name="fleetcache-refresh",
+                                     daemon=True).start()
+                except RuntimeError:  # the interpreter is shutting down: no refresh
+                    return
 
     def _run(self, proc: ProcessState, key: str, fill: Fill[Any], blob: bytes | None) -> None:
         try:
@@ -86,8 +107,11 @@ class Refresher:
             return
         assert blob is not None
         lock = proc.fill_lock(key)
-        if proc.l2.lock_stale(key, blob, lock) != 1:
-            return  # another refresh holds the lock (or a throttle), or the value moved
+        taken, held_for = proc.l2.lock_stale(key, blob, lock)
+        if taken == 0:  # another worker refreshes (or its failure holds the throttle): do
+            self._throttle(proc, key, held_for)  # not ask again until that lock is over
+        if taken != 1:
+            return
         tiers.counters.refreshes += 1
         released = False
         try:
@@ -114,14 +138,18 @@ class Refresher:
             logger.warning("fleetcache: refresh of %r raised %r; serving the stale value "
                            "(%d refresh errors so far)", key, exc, counters.refresh_errors)
 
-    def _throttle(self, proc: ProcessState, key: str) -> None:
+    def _throttle(self, proc: ProcessState, key: str, seconds: float | None = None) -> None:
+        """No refresh of ``key`` from this process for ``fail_safe_throttle`` seconds, or
+        ``seconds`` if that is shorter."""
+        limit = self._tiers.config.fail_safe_throttle
+        seconds = limit if seconds is None else min(limit, seconds)
         now = time.monotonic()
         with proc.refresh_lock:
             throttled = proc.throttled
             if len(throttled) >= 1024:  # keep it bounded: forget the throttles that ended
                 for other in [k for k, until in throttled.items() if until <= now]:
                     del throttled[other]
-            throttled[key] = now + self._tiers.config.fail_safe_throttle
+            throttled[key] = now + seconds
 
     @staticmethod
     def _done(proc: ProcessState, key: str) -> None:

@@ -24,10 +24,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from .errors import BackendError, ValueEncodeError, ValueTooLargeError
 from .flights import NO_VALUE, WAIT_SLACK, Fill, Flight
+from .notfound import NOT_FOUND
 from .process import ProcessState
 from .protocols import FillLock, FillOutcome
 from .refresh import Refresher
@@ -59,6 +60,9 @@ class SingleFlight:
         """
         tiers = self._tiers
         proc = tiers.process()
+        if tiers.l1.is_negative(key):  # a cached "nothing", held apart from L1's values
+            tiers.counters.l1_hits += 1
+            return cast(T, NOT_FOUND)
         if fill.stale_ttl > 0:
             entry = tiers.l1.stale(key)
             if entry is None and key in tiers.l1.data and tiers.await_listener():
@@ -124,6 +128,9 @@ class SingleFlight:
             if won:
                 flight.progressed()
                 return self._compute_locked(proc, lock, key, fill, seq=seq)
+            if decoded is not None and decoded[0] is NOT_FOUND and left > 0:
+                tiers.l1.put_negative(key, min(left, tiers.l1_ttl()), seq)
+                return cast(T, NOT_FOUND)
             if decoded is not None and left > -stale_ttl:  # fresh, or stale in its window
                 tiers.keep(key, decoded[0], left, seq, stale_ttl)
                 if left <= 0:
@@ -167,7 +174,7 @@ class SingleFlight:
         recompute, for as long as they live: they are dropped (only them).
         """
         if decodes:
-            return proc.l2.lock_stale(key, blob, lock)
+            return proc.l2.lock_stale(key, blob, lock)[0]
         proc.l2.discard(key, blob)
         return -1
 
@@ -193,6 +200,10 @@ class SingleFlight:
         tiers = self._tiers
         seq = tiers.l1.seq
         value = self._readable(key, self.run(fill.compute), fill.ttl)
+        if value is NOT_FOUND:
+            if fill.negative_ttl is not None:
+                tiers.l1.put_negative(key, min(fill.negative_ttl, tiers.l1_ttl()), seq)
+            return cast(T, value)
         if fill.type is not None:
             tiers.convert(key, value, fill.type)  # raises before L1 keeps a misfit
         tiers.keep(key, value, fill.ttl, seq, fill.stale_ttl)
@@ -240,21 +251,27 @@ class SingleFlight:
         """
         tiers = self._tiers
         ttl, stale_ttl = fill.ttl, fill.stale_ttl
+        if value is NOT_FOUND:
+            if fill.negative_ttl is None:
+                return False, value  # "nothing", not cached: the next caller asks again
+            ttl, stale_ttl = tiers.jitter(fill.negative_ttl), 0.0
         try:
             blob, served = tiers.encode(key, value, ttl)
         except (ValueEncodeError, ValueTooLargeError) as exc:
             self._uncacheable(key, exc)
             tiers.keep(key, value, ttl, seq, stale_ttl)
             return False, value
-        if fill.type is not None:  # what every reader will convert: it must fit first
-            tiers.convert(key, served, fill.type)
+        if fill.type is not None and value is not NOT_FOUND:  # what every reader will
+            tiers.convert(key, served, fill.type)  # convert: it must fit first
         try:
             outcome = proc.l2.store_fill(key, blob, int((ttl + stale_ttl) * 1000), lock,
                                          proc.bus.message(key), refresh=refresh)
         except BackendError as exc:
             tiers.read_failed(exc)
             return False, served
-        if outcome is FillOutcome.STORED:
+        if outcome is FillOutcome.STORED and value is NOT_FOUND:
+            tiers.l1.put_negative(key, min(ttl, tiers.l1_ttl()), seq)
+        elif outcome is FillOutcome.STORED:
             tiers.keep(key, served, ttl, seq, stale_ttl)
         elif outcome is FillOutcome.REVOKED:
             tiers.counters.fills_revoked += 1

@@ -30,6 +30,7 @@ from .errors import (
     ValueTypeError,
 )
 from .l1 import LocalStore
+from .notfound import NOT_FOUND
 from .process import ProcessState
 from .stats import Counters
 from .strategy import CacheStrategy, resolve_ttl
@@ -99,11 +100,13 @@ class Tiers:
             proc.close()
 
     def on_remote_invalidation(self, key: str) -> None:
-        """Another process changed ``key``: drop our copy, and end any wait for it."""
+        """Another process changed ``key``: drop our copy, end any wait for it, and forget
+        any refresh throttle on it (the value it was about is gone)."""
         self.l1.invalidate(key)
         proc = self._proc
         if proc is not None:
             proc.wake_waiter(key)
+            proc.throttled.pop(key, None)
 
     # -- rules shared by reads, writes and computes ------------------------------------
 
@@ -137,7 +140,7 @@ class Tiers:
             return MISSING
         value, expires_at_ms = decoded
         left = self.fresh_left(expires_at_ms)
-        if left <= 0:
+        if left <= 0 or value is NOT_FOUND:  # a cached "nothing" is a miss for plain reads
             return MISSING
         if self.keep(key, value, left, seq):
             self.counters.promotions += 1

@@ -49,15 +49,17 @@ return {false, 1}
 
 # A refresh: the compute of a value L2 holds but that is past its fresh time (served stale
 # meanwhile). KEYS: value, lock, lease; ARGV: the stale blob seen, token, lock ms, lease ms.
-# Reply 1 if the lock and a lease were taken; 0 if the lock is held (another refresh, or a
-# failed one's throttle); -1 if the value is no longer those bytes (rewritten or deleted
-# since: nothing to refresh, and nothing to resurrect).
+# Reply {1, 0} if the lock and a lease were taken; {0, ms} if the lock is held (another
+# refresh, or a failed one's throttle) for ms more; {-1, 0} if the value is no longer those
+# bytes (rewritten or deleted since: nothing to refresh, and nothing to resurrect).
 _LOCK_STALE = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-if not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then return 0 end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1, 0} end
+if not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
+  return {0, redis.call('PTTL', KEYS[2])}
+end
 redis.call('SADD', KEYS[3], ARGV[2])
 redis.call('PEXPIRE', KEYS[3], ARGV[4])
-return 1
+return {1, 0}
 """
 
 # A script is not rolled back when a command in it fails (an ACL without the channel, say):
@@ -196,14 +198,16 @@ class RedisStore:
                 [lock.token, lock.ttl_ms, self._lease_ms])
         return value, bool(won)
 
-    def lock_stale(self, key: str, blob: bytes, lock: FillLock) -> int:
-        """Take ``lock`` and a fill lease to refresh ``key`` if L2 still holds ``blob``: 1
-        taken, 0 the lock is held, -1 the value changed or is gone (one script)."""
+    def lock_stale(self, key: str, blob: bytes, lock: FillLock) -> tuple[int, float]:
+        """Take ``lock`` and a fill lease to refresh ``key`` if L2 still holds ``blob``, in
+        one script: ``(1, 0)`` taken, ``(0, seconds)`` the lock is held that much longer,
+        ``(-1, 0)`` the value changed or is gone."""
         keys = self.keys
         with mapped_errors("SET"):
-            return int(self._lane.run_script(
+            code, held_ms = self._lane.run_script(
                 self._lock_stale, [keys.value(key), lock.key, keys.lease(key)],
-                [blob, lock.token, lock.ttl_ms, self._lease_ms]))
+                [blob, lock.token, lock.ttl_ms, self._lease_ms])
+        return int(code), max(0, int(held_ms)) / 1000.0
 
     def discard(self, key: str, blob: bytes) -> bool:
         """Delete ``key`` only if it still holds ``blob`` (compare-and-delete, one script)."""

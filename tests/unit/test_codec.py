@@ -231,7 +231,7 @@ def _valid(codec: Codec) -> bytes:
         pytest.param(lambda c: _valid(c) + b"\x00", id="trailing-bytes"),
         pytest.param(lambda c: msgspec.msgpack.encode({"a": 1}), id="plain-msgpack-dict"),
         pytest.param(lambda c: msgspec.msgpack.encode([1, 2]), id="short-array"),
-        pytest.param(lambda c: msgspec.msgpack.encode([2, EXPIRES, 1]), id="wrong-version"),
+        pytest.param(lambda c: msgspec.msgpack.encode([3, EXPIRES, 1]), id="wrong-version"),
         pytest.param(lambda c: msgspec.msgpack.encode([1, 1.5, 1]), id="float-expiry"),
         pytest.param(lambda c: msgspec.msgpack.encode([True, EXPIRES, 1]), id="bool-version"),
         pytest.param(lambda c: b"\x93\x01\x05\xa1\xff", id="invalid-utf8-in-payload"),
@@ -337,3 +337,12 @@ def test_forged_or_damaged_signed_values_are_corrupt(forge: Any) -> None:
     genuine = codec.encode("k", {"a": 1}, 42)
     with pytest.raises(CorruptValueError):
         codec.decode(forge(codec, genuine), "k")
+
+
+def test_not_found_round_trips_as_envelope_version_2() -> None:
+    from fleetcache import NOT_FOUND
+
+    codec = Codec(1024, b"k" * 32)
+    blob, served = codec.encode_and_read_back("k", NOT_FOUND, EXPIRES)
+    assert served is NOT_FOUND
+    assert codec.decode(blob, "k") == (NOT_FOUND, EXPIRES)

@@ -92,7 +92,8 @@ class CachedFunction(Generic[P, T]):
     def __init__(
         self, cache: FleetCache, fn: Callable[P, T], prefix: str, ttl: float | None,
         strategy: CacheStrategy | None, *, stale_ttl: float | None = None,
-        negative_ttl: float | None = None, bound: Any = None,
+        negative_ttl: float | None = None, refresh_ahead: float | None = None,
+        bound: Any = None,
     ) -> None:
         self._cache = cache
         self._fn = fn
@@ -101,6 +102,7 @@ class CachedFunction(Generic[P, T]):
         self._strategy = strategy
         self._stale_ttl = stale_ttl
         self._negative_ttl = negative_ttl
+        self._refresh_ahead = refresh_ahead
         self._bound = bound
         functools.update_wrapper(self, fn)
 
@@ -109,7 +111,7 @@ class CachedFunction(Generic[P, T]):
             return self
         return CachedFunction(self._cache, self._fn, self._prefix, self._ttl, self._strategy,
                               stale_ttl=self._stale_ttl, negative_ttl=self._negative_ttl,
-                              bound=instance)
+                              refresh_ahead=self._refresh_ahead, bound=instance)
 
     def key(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """The cache key of this call."""
@@ -127,7 +129,7 @@ class CachedFunction(Generic[P, T]):
         return self._cache.get_or_compute(
             self.key(*args, **kwargs), lambda: fn(*args, **kwargs),
             ttl=self._ttl, strategy=self._strategy, stale_ttl=self._stale_ttl,
-            negative_ttl=self._negative_ttl,
+            negative_ttl=self._negative_ttl, refresh_ahead=self._refresh_ahead,
         )
 
     def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool:

@@ -20,7 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from .errors import RecursiveComputeError
+from .config import check_seconds
+from .errors import InvalidArgumentError, RecursiveComputeError
 
 T = TypeVar("T")
 
@@ -33,19 +34,49 @@ WAIT_SLACK = 0.1
 NO_VALUE: Any = object()
 
 
+def check_fill_options(negative_ttl: float | None, refresh_ahead: float | None,
+                       soft_timeout: float | None) -> None:
+    """``InvalidArgumentError`` for a bad ``negative_ttl``, ``refresh_ahead`` (a fraction
+    of the TTL, strictly between 0 and 1) or ``soft_timeout``."""
+    for name, seconds in (("negative_ttl", negative_ttl), ("soft_timeout", soft_timeout)):
+        if seconds is not None:
+            check_seconds(name, seconds)
+    if refresh_ahead is not None and (
+        isinstance(refresh_ahead, bool) or not isinstance(refresh_ahead, int | float)
+        or not 0 < refresh_ahead < 1
+    ):
+        raise InvalidArgumentError(
+            f"refresh_ahead must be a fraction of the ttl between 0 and 1, got "
+            f"{refresh_ahead!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class Fill(Generic[T]):
     """What a flight computes and how long the value is kept: fresh for ``ttl`` seconds,
     then stale but servable for ``stale_ttl`` more (0: not at all); ``type``, if given,
     the type every reader converts it to (checked before a computed value is stored);
     ``negative_ttl``, if given, how long a computed ``NOT_FOUND`` is cached (else it is
-    not)."""
+    not); ``refresh_ahead``, a fraction of ``ttl`` after which a read starts a background
+    refresh while the value is still fresh; ``soft_timeout``, how long a caller holding a
+    stale value waits for this process's refresh before taking the stale value."""
 
     compute: Callable[[], T]
     ttl: float
     stale_ttl: float = 0.0
     type: Any = None
     negative_ttl: float | None = None
+    refresh_ahead: float | None = None
+    soft_timeout: float | None = None
+
+    @property
+    def ahead(self) -> float:
+        """Seconds before the fresh end at which a read asks for a refresh (0: at it)."""
+        return 0.0 if self.refresh_ahead is None else (1.0 - self.refresh_ahead) * self.ttl
+
+    @property
+    def refreshes(self) -> bool:
+        """Whether reads of this fill may be answered early and refreshed behind."""
+        return self.stale_ttl > 0 or self.refresh_ahead is not None
 
 
 class Flight:

@@ -26,7 +26,7 @@ from .codec import Codec
 from .config import CacheConfig, check_seconds
 from .decorator import CachedFunction, default_prefix
 from .errors import BackendError
-from .flights import Fill
+from .flights import Fill, check_fill_options
 from .notfound import NOT_FOUND
 from .readpath import ReadPath
 from .singleflight import SingleFlight
@@ -253,6 +253,7 @@ class FleetCache:
         self, key: str, compute: Callable[[], T], *, ttl: float | None = None,
         strategy: CacheStrategy | None = None, stale_ttl: float | None = None,
         type: Any = None, negative_ttl: float | None = None,
+        refresh_ahead: float | None = None, soft_timeout: float | None = None,
     ) -> T:
         """The cached value of ``key``, or ``compute()``'s result, computed once fleet-wide.
 
@@ -274,6 +275,12 @@ class FleetCache:
         that answer is then cached this long (usually much shorter than ``ttl``) and every
         caller gets ``NOT_FOUND`` until it expires or the key is written. Without it,
         ``NOT_FOUND`` is returned and not cached.
+
+        ``refresh_ahead``: a fraction of ``ttl`` (0.8: after 48 of 60 s) after which a read
+        is still answered with the value but starts one background refresh for the fleet,
+        so a key read steadily never goes stale. ``soft_timeout``: a caller that gets a
+        stale (or refresh-ahead) answer first waits up to this long for this worker's
+        refresh and answers with the new value if it landed.
         """
         try:
             entry = self._l1_get(key)
@@ -287,14 +294,14 @@ class FleetCache:
         tiers = self._tiers
         tiers.check_key(key)
         window = 0.0 if stale_ttl is None else check_seconds("stale_ttl", stale_ttl)
-        if negative_ttl is not None:
-            check_seconds("negative_ttl", negative_ttl)
+        check_fill_options(negative_ttl, refresh_ahead, soft_timeout)
         entry = self._reads.late_hit(key)
         if entry is not None:
             value = entry[0]
         else:
-            value = self._flights.get_or_compute(
-                key, Fill(compute, tiers.ttl(ttl, strategy), window, type, negative_ttl))
+            value = self._flights.get_or_compute(key, Fill(
+                compute, tiers.ttl(ttl, strategy), window, type, negative_ttl, refresh_ahead,
+                soft_timeout))
         if type is None or value is NOT_FOUND:
             return value  # type: ignore[no-any-return]
         return tiers.convert(key, value, type)  # type: ignore[no-any-return]
@@ -302,7 +309,7 @@ class FleetCache:
     def cached(
         self, ttl: float | None = None, *, strategy: CacheStrategy | None = None,
         key_prefix: str | None = None, stale_ttl: float | None = None,
-        negative_ttl: float | None = None,
+        negative_ttl: float | None = None, refresh_ahead: float | None = None,
     ) -> Callable[[Callable[P, T]], CachedFunction[P, T]]:
         """Decorator: cache a function's result under a key built from its name and args.
 
@@ -312,14 +319,14 @@ class FleetCache:
         methods (``self`` is not part of the key).
         """
         resolve_ttl(ttl, strategy)  # fail at decoration time, not on first call
-        for name, seconds in (("stale_ttl", stale_ttl), ("negative_ttl", negative_ttl)):
-            if seconds is not None:
-                check_seconds(name, seconds)
+        if stale_ttl is not None:
+            check_seconds("stale_ttl", stale_ttl)
+        check_fill_options(negative_ttl, refresh_ahead, None)
 
         def decorate(fn: Callable[P, T]) -> CachedFunction[P, T]:
             prefix = key_prefix or default_prefix(fn)
             return CachedFunction(self, fn, prefix, ttl, strategy, stale_ttl=stale_ttl,
-                                  negative_ttl=negative_ttl)
+                                  negative_ttl=negative_ttl, refresh_ahead=refresh_ahead)
 
         return decorate
 

@@ -60,7 +60,7 @@ class ProcessState:
         # Background refreshes of stale values (fleetcache.core.refresh): keys refreshing
         # now, and keys whose refresh raised, with when this process may try again.
         self.refresh_lock = threading.Lock()
-        self.refreshing: set[str] = set()
+        self.refreshing: dict[str, threading.Event] = {}  # set when that refresh ends
         self.throttled: dict[str, float] = {}
         # Refreshes waiting for the dispatcher, which starts their threads (Thread.start
         # waits for the new thread to run: a caller must not), and wakes it.

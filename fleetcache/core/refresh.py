@@ -50,15 +50,17 @@ class Refresher:
         self._flight = flight
 
     def start(self, proc: ProcessState, key: str, fill: Fill[Any],
-              blob: bytes | None = None) -> None:
+              blob: bytes | None = None) -> threading.Event | None:
         """Refresh ``key`` in the background unless this process already does, or its last
         refresh failed less than ``fail_safe_throttle`` ago. ``blob``: the stale bytes just
-        read from L2 (None: read them again)."""
+        read from L2 (None: read them again). The event set when this process's refresh of
+        ``key`` ends (None if none runs)."""
         dispatcher = None
         with proc.refresh_lock:
-            if key in proc.refreshing or proc.throttled.get(key, 0.0) > time.monotonic():
-                return
-            proc.refreshing.add(key)
+            running = proc.refreshing.get(key)
+            if running is not None or proc.throttled.get(key, 0.0) > time.monotonic():
+                return running
+            done = proc.refreshing[key] = threading.Event()
             if proc.refresh_dispatcher is None:  # the first refresh of this process
                 dispatcher = proc.refresh_dispatcher = threading.Thread(
                     target=self._dispatch, args=(proc,), name="fleetcache-refresh-dispatch",
@@ -67,6 +69,7 @@ class Refresher:
         proc.refresh_wake.set()
         if dispatcher is not None:
             dispatcher.start()
+        return done
 
     def _dispatch(self, proc: ProcessState) -> None:
         """Start each queued refresh on its own thread, so that the caller that asked for
@@ -102,8 +105,8 @@ class Refresher:
         if decoded is None:
             return  # gone (deleted, or past its window): nothing to refresh or resurrect
         left = tiers.fresh_left(decoded[1])
-        if left > 0:  # refreshed meanwhile, or only this process's copy was old
-            tiers.keep(key, decoded[0], left, seq, fill.stale_ttl)
+        if left > fill.ahead:  # refreshed meanwhile, or only this process's copy was old
+            tiers.keep(key, decoded[0], left, seq, stale_ttl=fill.stale_ttl, ahead=fill.ahead)
             return
         assert blob is not None
         lock = proc.fill_lock(key)
@@ -154,4 +157,6 @@ class Refresher:
     @staticmethod
     def _done(proc: ProcessState, key: str) -> None:
         with proc.refresh_lock:
-            proc.refreshing.discard(key)
+            done = proc.refreshing.pop(key, None)
+        if done is not None:
+            done.set()

@@ -63,14 +63,16 @@ class SingleFlight:
         if tiers.l1.is_negative(key):  # a cached "nothing", held apart from L1's values
             tiers.counters.l1_hits += 1
             return cast(T, NOT_FOUND)
-        if fill.stale_ttl > 0:
+        if fill.refreshes:
             entry = tiers.l1.stale(key)
             if entry is None and key in tiers.l1.data and tiers.await_listener():
                 entry = tiers.l1.stale(key)  # the listener was only late: look again
             if entry is not None:
-                tiers.counters.stale_served += 1
-                self._refresher.start(proc, key, fill)
-                return entry[0]  # type: ignore[no-any-return]
+                # Past its L1 life by more than the refresh-ahead margin: past its fresh
+                # time, as far as L1 can tell (an entry cut short by l1_ttl counts too).
+                if tiers.clock.monotonic() >= entry[1] + fill.ahead:
+                    tiers.counters.stale_served += 1
+                return self._answer_early(proc, key, fill, entry[0])
         flight, leader = proc.flights.join(key)  # raises for a compute asking for its own key
         while not leader:
             if not flight.wait():
@@ -132,11 +134,12 @@ class SingleFlight:
                 tiers.l1.put_negative(key, min(left, tiers.l1_ttl()), seq)
                 return cast(T, NOT_FOUND)
             if decoded is not None and left > -stale_ttl:  # fresh, or stale in its window
-                tiers.keep(key, decoded[0], left, seq, stale_ttl)
+                tiers.keep(key, decoded[0], left, seq, stale_ttl=stale_ttl, ahead=fill.ahead)
+                if left > fill.ahead:
+                    return decoded[0]  # type: ignore[no-any-return]
                 if left <= 0:
                     tiers.counters.stale_served += 1
-                    self._refresher.start(proc, key, fill, blob)
-                return decoded[0]  # type: ignore[no-any-return]
+                return self._answer_early(proc, key, fill, decoded[0], blob)
             if blob is not None:
                 try:
                     taken = self._replace(proc, key, blob, decoded is not None, lock)
@@ -161,6 +164,18 @@ class SingleFlight:
             if value is not MISSING:
                 return value  # type: ignore[no-any-return]
             waited = True  # the lock is free and there is no value: try to take it once
+
+    def _answer_early(self, proc: ProcessState, key: str, fill: Fill[T], value: Any,
+                      blob: bytes | None = None) -> T:
+        """Answer with ``value`` (stale, or due for refresh-ahead) and ask for a background
+        refresh; with ``soft_timeout``, first wait that long for this process's refresh to
+        land, and answer with its value if it did."""
+        done = self._refresher.start(proc, key, fill, blob)
+        if fill.soft_timeout is not None and done is not None and done.wait(fill.soft_timeout):
+            entry = self._tiers.l1.get(key)
+            if entry is not None:
+                return entry[0]  # type: ignore[no-any-return]
+        return value  # type: ignore[no-any-return]
 
     @staticmethod
     def _replace(proc: ProcessState, key: str, blob: bytes, decodes: bool,
@@ -206,7 +221,7 @@ class SingleFlight:
             return cast(T, value)
         if fill.type is not None:
             tiers.convert(key, value, fill.type)  # raises before L1 keeps a misfit
-        tiers.keep(key, value, fill.ttl, seq, fill.stale_ttl)
+        tiers.keep(key, value, fill.ttl, seq, stale_ttl=fill.stale_ttl, ahead=fill.ahead)
         return value  # type: ignore[no-any-return]
 
     def run(self, compute: Callable[[], T]) -> T:
@@ -259,7 +274,7 @@ class SingleFlight:
             blob, served = tiers.encode(key, value, ttl)
         except (ValueEncodeError, ValueTooLargeError) as exc:
             self._uncacheable(key, exc)
-            tiers.keep(key, value, ttl, seq, stale_ttl)
+            tiers.keep(key, value, ttl, seq, stale_ttl=stale_ttl, ahead=fill.ahead)
             return False, value
         if fill.type is not None and value is not NOT_FOUND:  # what every reader will
             tiers.convert(key, served, fill.type)  # convert: it must fit first
@@ -272,7 +287,7 @@ class SingleFlight:
         if outcome is FillOutcome.STORED and value is NOT_FOUND:
             tiers.l1.put_negative(key, min(ttl, tiers.l1_ttl()), seq)
         elif outcome is FillOutcome.STORED:
-            tiers.keep(key, served, ttl, seq, stale_ttl)
+            tiers.keep(key, served, ttl, seq, stale_ttl=stale_ttl, ahead=fill.ahead)
         elif outcome is FillOutcome.REVOKED:
             tiers.counters.fills_revoked += 1
             took = time.monotonic() - started

@@ -159,12 +159,15 @@ class Tiers:
         """Seconds until a value stored to expire at ``expires_at_ms`` goes stale."""
         return expires_at_ms / 1000.0 - self.clock.time()
 
-    def keep(self, key: str, value: Any, left: float, seq: int, stale_ttl: float = 0.0) -> bool:
+    def keep(self, key: str, value: Any, left: float, seq: int, *, stale_ttl: float = 0.0,
+             ahead: float = 0.0) -> bool:
         """Put a value read (or computed) at ``seq`` into L1, with ``left`` seconds of
         freshness (negative: stale already) and a ``stale_ttl`` window after that, unless an
-        invalidation raced it; whether L1 took it."""
-        ttl = min(self.l1_ttl(), left)
-        stale_for = left + stale_ttl - ttl if stale_ttl > 0 else 0.0
+        invalidation raced it; whether L1 took it. With ``ahead`` (refresh-ahead), L1's
+        hits end that long before the fresh end: from then on the stale path serves the
+        entry and asks for a refresh."""
+        ttl = min(self.l1_ttl(), left - ahead)
+        stale_for = left + stale_ttl - ttl if stale_ttl > 0 or ahead > 0 else 0.0
         return ttl + stale_for > 0 and self.l1.store_if_unchanged(key, value, ttl, seq,
                                                                   stale_for)
 

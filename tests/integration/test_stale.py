@@ -215,3 +215,58 @@ def test_stale_ttl_is_validated(cache: FleetCache, bad: object) -> None:
         cache.get_or_compute("k", lambda: 1, stale_ttl=bad)  # type: ignore[arg-type]
     with pytest.raises(InvalidArgumentError, match="stale_ttl"):
         cache.cached(stale_ttl=bad)  # type: ignore[arg-type]
+
+
+# -- refresh-ahead and soft timeout ---------------------------------------------------------
+
+
+def test_refresh_ahead_refreshes_a_hot_key_before_it_goes_stale(
+    pair: tuple[FleetCache, FleetCache], clock: FakeClock,
+) -> None:
+    a, b = pair
+    assert a.get_or_compute("k", lambda: "v1", ttl=TTL, refresh_ahead=0.8) == "v1"
+    gate = Gate()
+    clock.advance(TTL * 0.8 - 0.1)  # before the refresh point: plain L1 hits
+    assert a.get_or_compute("k", gate, ttl=TTL, refresh_ahead=0.8) == "v1"
+    assert gate.calls == 0
+    clock.advance(0.2)  # past it, still fresh: answered at once, one refresh starts
+    started = time.monotonic()
+    assert a.get_or_compute("k", gate, ttl=TTL, refresh_ahead=0.8) == "v1"
+    assert b.get_or_compute("k", gate, ttl=TTL, refresh_ahead=0.8) == "v1"  # from L2
+    assert time.monotonic() - started < 0.5
+    assert gate.started.wait(5.0)
+    gate.opened.set()
+    assert wait_until(lambda: a.get("k") == "v2" and b.get("k") == "v2", timeout=5.0)
+    assert gate.calls == 1
+    assert a.stats().stale_served == b.stats().stale_served == 0  # never stale
+    assert a.stats().refreshes + b.stats().refreshes == 1
+
+
+def test_soft_timeout_waits_a_little_for_the_refresh(
+    pair: tuple[FleetCache, FleetCache], clock: FakeClock,
+) -> None:
+    a, _ = pair
+    stale_in_l2(a, clock)
+    quick = Gate("v2")
+    quick.opened.set()  # a compute that lands within the soft timeout
+    assert a.get_or_compute("k", quick, ttl=TTL, stale_ttl=STALE, soft_timeout=2.0) == "v2"
+    clock.advance(TTL + 1)  # stale again
+    slow = Gate("v3")  # a compute that does not
+    started = time.monotonic()
+    assert a.get_or_compute("k", slow, ttl=TTL, stale_ttl=STALE, soft_timeout=0.2) == "v2"
+    assert 0.15 < time.monotonic() - started < 1.0  # waited the soft timeout, no longer
+    slow.opened.set()  # the compute finishes in the background and stores
+    assert wait_until(lambda: a.get("k") == "v3", timeout=5.0)
+
+
+@pytest.mark.parametrize("bad", [0, 1, 1.5, -0.2, True, "0.8"])
+def test_refresh_ahead_is_validated(cache: FleetCache, bad: object) -> None:
+    with pytest.raises(InvalidArgumentError, match="refresh_ahead"):
+        cache.get_or_compute("k", lambda: 1, refresh_ahead=bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="refresh_ahead"):
+        cache.cached(refresh_ahead=bad)  # type: ignore[arg-type]
+
+
+def test_soft_timeout_is_validated(cache: FleetCache) -> None:
+    with pytest.raises(InvalidArgumentError, match="soft_timeout"):
+        cache.get_or_compute("k", lambda: 1, stale_ttl=10, soft_timeout=-1)

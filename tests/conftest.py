@@ -11,7 +11,7 @@ import redis
 
 import fleetcache.core.config
 from fleetcache import FleetCache
-from fleetcache.testing import connections
+from fleetcache.testing import FakeClock, connections
 
 from .helpers import closing_all
 from .servers import DEAD_URL, Server, binaries
@@ -85,6 +85,21 @@ def pair(make_cache: Callable[..., FleetCache]) -> tuple[FleetCache, FleetCache]
     assert b.connect(wait=5.0)
     ca, cb = connections(a), connections(b)
     assert ca is not None and cb is not None and ca.sender_id != cb.sender_id
+    return a, b
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A fake clock (monotonic 1000.0 at the start) that moves only on ``advance``."""
+    return FakeClock()
+
+
+@pytest.fixture
+def clocked_pair(make_cache: Callable[..., FleetCache],
+                 clock: FakeClock) -> tuple[FleetCache, FleetCache]:
+    """Two connected caches (two workers) in this test's namespace, on one fake clock."""
+    a, b = make_cache(clock=clock), make_cache(clock=clock)
+    assert a.connect(wait=5.0) and b.connect(wait=5.0)
     return a, b
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 import redis
 
@@ -26,15 +24,8 @@ class Lookup:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def pair(make_cache: Callable[..., FleetCache], clock: FakeClock) -> tuple[FleetCache, FleetCache]:
-    a, b = make_cache(clock=clock), make_cache(clock=clock)
-    assert a.connect(wait=5.0) and b.connect(wait=5.0)
-    return a, b
+def pair(clocked_pair: tuple[FleetCache, FleetCache]) -> tuple[FleetCache, FleetCache]:
+    return clocked_pair
 
 
 def test_not_found_is_cached_fleet_wide_for_negative_ttl(

@@ -24,16 +24,8 @@ TTL, STALE = 10.0, 100.0
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def pair(make_cache: Callable[..., FleetCache], clock: FakeClock) -> tuple[FleetCache, FleetCache]:
-    """Two connected caches (two workers) on one clock."""
-    a, b = make_cache(clock=clock), make_cache(clock=clock)
-    assert a.connect(wait=5.0) and b.connect(wait=5.0)
-    return a, b
+def pair(clocked_pair: tuple[FleetCache, FleetCache]) -> tuple[FleetCache, FleetCache]:
+    return clocked_pair
 
 
 class Gate:

@@ -287,7 +287,8 @@ class SingleFlight:
         if outcome is FillOutcome.STORED and value is NOT_FOUND:
             tiers.l1.put_negative(key, min(ttl, tiers.l1_ttl()), seq)
         elif outcome is FillOutcome.STORED:
-            tiers.keep(key, served, ttl, seq, stale_ttl=stale_ttl, ahead=fill.ahead)
+            tiers.keep(key, served, ttl, seq, stale_ttl=stale_ttl, ahead=fill.ahead,
+                       written=True)
         elif outcome is FillOutcome.REVOKED:
             tiers.counters.fills_revoked += 1
             took = time.monotonic() - started

@@ -160,16 +160,21 @@ class Tiers:
         return expires_at_ms / 1000.0 - self.clock.time()
 
     def keep(self, key: str, value: Any, left: float, seq: int, *, stale_ttl: float = 0.0,
-             ahead: float = 0.0) -> bool:
+             ahead: float = 0.0, written: bool = False) -> bool:
         """Put a value read (or computed) at ``seq`` into L1, with ``left`` seconds of
         freshness (negative: stale already) and a ``stale_ttl`` window after that, unless an
         invalidation raced it; whether L1 took it. With ``ahead`` (refresh-ahead), L1's
         hits end that long before the fresh end: from then on the stale path serves the
-        entry and asks for a refresh."""
+        entry and asks for a refresh. ``written``: this process just stored ``value`` in L2
+        (a fill or a refresh): kept as its own write is, so that a concurrent read of the
+        older value cannot promote it over this one."""
         ttl = min(self.l1_ttl(), left - ahead)
         stale_for = left + stale_ttl - ttl if stale_ttl > 0 or ahead > 0 else 0.0
-        return ttl + stale_for > 0 and self.l1.store_if_unchanged(key, value, ttl, seq,
-                                                                  stale_for)
+        if ttl + stale_for <= 0:
+            return False
+        if written:
+            return self.l1.put(key, value, ttl, seq, stale_for)
+        return self.l1.store_if_unchanged(key, value, ttl, seq, stale_for)
 
     def decode(self, key: str, blob: bytes | None) -> tuple[Any, int] | None:
         """``(value, expires_at_ms)`` of an L2 reply; None if absent, corrupt or foreign."""

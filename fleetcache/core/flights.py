@@ -34,11 +34,13 @@ WAIT_SLACK = 0.1
 NO_VALUE: Any = object()
 
 
-def check_fill_options(negative_ttl: float | None, refresh_ahead: float | None,
-                       soft_timeout: float | None) -> None:
-    """``InvalidArgumentError`` for a bad ``negative_ttl``, ``refresh_ahead`` (a fraction
-    of the TTL, strictly between 0 and 1) or ``soft_timeout``."""
-    for name, seconds in (("negative_ttl", negative_ttl), ("soft_timeout", soft_timeout)):
+def check_fill_options(stale_ttl: float | None, negative_ttl: float | None,
+                       refresh_ahead: float | None, soft_timeout: float | None) -> float:
+    """``InvalidArgumentError`` for a bad ``stale_ttl``, ``negative_ttl``, ``refresh_ahead``
+    (a fraction of the TTL, strictly between 0 and 1) or ``soft_timeout``; the stale
+    window in seconds (0: none)."""
+    for name, seconds in (("stale_ttl", stale_ttl), ("negative_ttl", negative_ttl),
+                          ("soft_timeout", soft_timeout)):
         if seconds is not None:
             check_seconds(name, seconds)
     if refresh_ahead is not None and (
@@ -48,6 +50,7 @@ def check_fill_options(negative_ttl: float | None, refresh_ahead: float | None,
         raise InvalidArgumentError(
             f"refresh_ahead must be a fraction of the ttl between 0 and 1, got "
             f"{refresh_ahead!r}")
+    return 0.0 if stale_ttl is None else float(stale_ttl)
 
 
 @dataclass(frozen=True, slots=True)

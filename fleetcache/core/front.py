@@ -23,7 +23,7 @@ from ..redis.streams import Fields, StreamEntry
 from . import fork
 from .clock import SYSTEM_CLOCK, Clock
 from .codec import Codec
-from .config import CacheConfig, check_seconds
+from .config import CacheConfig
 from .decorator import CachedFunction, default_prefix
 from .errors import BackendError
 from .flights import Fill, check_fill_options
@@ -293,8 +293,7 @@ class FleetCache:
             return self._tiers.convert(key, entry[0], type)  # type: ignore[no-any-return]
         tiers = self._tiers
         tiers.check_key(key)
-        window = 0.0 if stale_ttl is None else check_seconds("stale_ttl", stale_ttl)
-        check_fill_options(negative_ttl, refresh_ahead, soft_timeout)
+        window = check_fill_options(stale_ttl, negative_ttl, refresh_ahead, soft_timeout)
         entry = self._reads.late_hit(key)
         if entry is not None:
             value = entry[0]
@@ -319,9 +318,7 @@ class FleetCache:
         methods (``self`` is not part of the key).
         """
         resolve_ttl(ttl, strategy)  # fail at decoration time, not on first call
-        if stale_ttl is not None:
-            check_seconds("stale_ttl", stale_ttl)
-        check_fill_options(negative_ttl, refresh_ahead, None)
+        check_fill_options(stale_ttl, negative_ttl, refresh_ahead, None)
 
         def decorate(fn: Callable[P, T]) -> CachedFunction[P, T]:
             prefix = key_prefix or default_prefix(fn)

@@ -12,7 +12,6 @@ from typing import Any
 
 from .errors import BackendError
 from .l1 import Entry
-from .notfound import NOT_FOUND
 from .tiers import MISSING, Tiers
 
 
@@ -97,9 +96,8 @@ class ReadPath:
         wall = tiers.clock.time()
         for key, blob in zip(cold, blobs, strict=True):
             decoded = tiers.decode(key, blob)
-            left = -1.0 if decoded is None else decoded[1] / 1000.0 - wall
-            if left <= 0 or decoded[0] is NOT_FOUND:  # type: ignore[index]
-                # absent, corrupt, stale, or a cached NOT_FOUND (see Tiers.accept)
+            left = tiers.servable_left(decoded, wall)
+            if left <= 0:  # absent, corrupt, stale, or a cached NOT_FOUND
                 counters.misses += 1
                 continue
             value = decoded[0]  # type: ignore[index]

@@ -39,13 +39,9 @@ class FrequencySketch:
         self._counts = bytearray(size)
         self._mask = size - 1
 
-    def estimate(self, key: str) -> int:
-        """How often ``key`` was counted since the last halvings (an over-estimate at worst)."""
-        h, mask, counts = hash(key), self._mask, self._counts
-        return min(counts[h & mask], counts[(h >> 32) & mask])
-
     def add(self, key: str, n: int = 1) -> int:
-        """Count ``key`` ``n`` more times (saturating at 255); its new estimate."""
+        """Count ``key`` ``n`` more times (saturating at 255); its new estimate (``n=0``:
+        just the estimate, an over-estimate at worst)."""
         h, mask, counts = hash(key), self._mask, self._counts
         a, b = h & mask, (h >> 32) & mask
         ca, cb = counts[a], counts[b]

@@ -136,12 +136,10 @@ class Tiers:
         L2 for a stale window) is :data:`MISSING` here: only ``get_or_compute`` with a
         ``stale_ttl`` serves it."""
         decoded = self.decode(key, blob)
-        if decoded is None:
+        left = self.servable_left(decoded, self.clock.time())
+        if left <= 0:
             return MISSING
-        value, expires_at_ms = decoded
-        left = self.fresh_left(expires_at_ms)
-        if left <= 0 or value is NOT_FOUND:  # a cached "nothing" is a miss for plain reads
-            return MISSING
+        value = decoded[0]  # type: ignore[index]
         if self.keep(key, value, left, seq):
             self.counters.promotions += 1
         return value
@@ -154,6 +152,15 @@ class Tiers:
             return msgspec.convert(value, expected)
         except (msgspec.ValidationError, TypeError, ValueError) as exc:
             raise ValueTypeError(key, expected, str(exc)) from exc
+
+    @staticmethod
+    def servable_left(decoded: tuple[Any, int] | None, wall: float) -> float:
+        """Seconds a decoded L2 reply may still serve a plain read at ``wall``: <= 0 for
+        nothing, a stale value (only ``get_or_compute`` with ``stale_ttl`` serves those) or
+        a cached ``NOT_FOUND`` (a miss for plain reads)."""
+        if decoded is None or decoded[0] is NOT_FOUND:
+            return -1.0
+        return decoded[1] / 1000.0 - wall
 
     def fresh_left(self, expires_at_ms: int) -> float:
         """Seconds until a value stored to expire at ``expires_at_ms`` goes stale."""

@@ -282,20 +282,27 @@ def race(
     ``compute_seconds``. Returns (status, value, latency) per thread and this process's
     compute count.
     """
-    barrier = SHARED["barrier"]
-    results: list[tuple[str, Any, float]] = [("missing", None, math.nan)] * threads
-
     def compute() -> dict[str, Any]:
         with open(path, "a") as f:
             f.write(f"{os.getpid()} {threading.get_ident()}\n")
         time.sleep(compute_seconds)  # the work being protected, not a wait
         return {"answer": 42, "computed_by": os.getpid()}
 
+    results = burst(threads, lambda: cache.get_or_compute(key, compute), 30)
+    return {"pid": os.getpid(), "results": results, "computes": cache.stats().computes}
+
+
+def burst(threads: int, call: Callable[[], Any], timeout: float) -> list[tuple[str, Any, float]]:
+    """``threads`` threads wait on SHARED["barrier"] (the whole fleet's), then each makes
+    ``call`` once: (status, value or error, latency) per thread, all within ``timeout``."""
+    barrier = SHARED["barrier"]
+    results: list[tuple[str, Any, float]] = [("missing", None, math.nan)] * threads
+
     def run(i: int) -> None:
         try:
             barrier.wait(timeout=10)
             start = monotonic()
-            value = cache.get_or_compute(key, compute)
+            value = call()
             results[i] = ("ok", value, monotonic() - start)
         except BaseException as exc:
             results[i] = ("error", repr(exc), math.nan)
@@ -303,13 +310,13 @@ def race(
     workers = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(threads)]
     for w in workers:
         w.start()
-    deadline = monotonic() + 30
+    deadline = monotonic() + timeout
     for w in workers:
         w.join(max(0.0, deadline - monotonic()))
     if any(w.is_alive() for w in workers):
-        raise AssertionError(f"pid {os.getpid()}: get_or_compute threads still running "
-                             f"after 30 s: {results}")
-    return {"pid": os.getpid(), "results": results, "computes": cache.stats().computes}
+        raise AssertionError(f"pid {os.getpid()}: callers still running after {timeout} s: "
+                             f"{results}")
+    return results
 
 
 def compute_forever(cache: FleetCache, key: str, seconds: float) -> Any:

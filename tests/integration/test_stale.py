@@ -104,17 +104,23 @@ def test_a_failing_refresh_keeps_serving_the_stale_value_and_is_throttled(
     assert raw.exists(a.keys.value("k"))  # and the stale value with it
 
 
+def write_during_a_refresh(a: FleetCache, clock: FakeClock, write: Callable[[], object]) -> None:
+    """``a`` refreshes a stale "k"; ``write`` lands while its compute runs; the refresh
+    finishes and is revoked (its value is not stored)."""
+    stale_in_l2(a, clock)
+    gate = Gate("from the refresh")
+    assert a.get_or_compute("k", gate, ttl=TTL, stale_ttl=STALE) == "v1"
+    assert gate.started.wait(5.0)
+    assert write()
+    gate.opened.set()
+    assert wait_until(lambda: a.stats().fills_revoked == 1, timeout=5.0)
+
+
 def test_a_delete_during_a_refresh_is_not_undone(
     pair: tuple[FleetCache, FleetCache], clock: FakeClock, raw: redis.Redis,
 ) -> None:
     a, b = pair
-    stale_in_l2(a, clock)
-    gate = Gate()
-    assert a.get_or_compute("k", gate, ttl=TTL, stale_ttl=STALE) == "v1"
-    assert gate.started.wait(5.0)
-    assert b.delete("k")  # the database row is gone, say
-    gate.opened.set()
-    assert wait_until(lambda: a.stats().fills_revoked == 1, timeout=5.0)
+    write_during_a_refresh(a, clock, lambda: b.delete("k"))  # the database row is gone
     assert raw.get(a.keys.value("k")) is None
     assert a.get("k") is None and b.get("k") is None
 
@@ -123,13 +129,7 @@ def test_a_set_during_a_refresh_wins(
     pair: tuple[FleetCache, FleetCache], clock: FakeClock,
 ) -> None:
     a, b = pair
-    stale_in_l2(a, clock)
-    gate = Gate("from the refresh")
-    assert a.get_or_compute("k", gate, ttl=TTL, stale_ttl=STALE) == "v1"
-    assert gate.started.wait(5.0)
-    b.set("k", "newer", ttl=TTL)
-    gate.opened.set()
-    assert wait_until(lambda: a.stats().fills_revoked == 1, timeout=5.0)
+    write_during_a_refresh(a, clock, lambda: b.set("k", "newer", ttl=TTL) is None)
     assert a.get("k") == "newer" and b.get("k") == "newer"
 
 

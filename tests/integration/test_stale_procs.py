@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import signal
 import subprocess
@@ -131,27 +130,9 @@ def stale_burst(cache: FleetCache, key: str, threads: int, counter: tuple[str, s
                 compute_seconds: float) -> dict[str, Any]:
     """``threads`` threads wait on SHARED["barrier"] (the whole fleet's), then each calls
     get_or_compute once; (status, value, latency) per thread."""
-    barrier = SHARED["barrier"]
     compute = _counting(*counter, "v2", compute_seconds)
-    results: list[tuple[str, Any, float]] = [("missing", None, math.nan)] * threads
-
-    def run(i: int) -> None:
-        try:
-            barrier.wait(timeout=10)
-            start = monotonic()
-            value = cache.get_or_compute(key, compute, ttl=LONG_TTL, stale_ttl=STALE)
-            results[i] = ("ok", value, monotonic() - start)
-        except BaseException as exc:
-            results[i] = ("error", repr(exc), math.nan)
-
-    workers = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(threads)]
-    for w in workers:
-        w.start()
-    deadline = monotonic() + 10
-    for w in workers:
-        w.join(max(0.0, deadline - monotonic()))
-    if any(w.is_alive() for w in workers):
-        raise AssertionError(f"pid {os.getpid()}: callers still running after 10 s: {results}")
+    results = procs.burst(
+        threads, lambda: cache.get_or_compute(key, compute, ttl=LONG_TTL, stale_ttl=STALE), 10)
     return {"pid": os.getpid(), "results": results}
 
 

@@ -1,5 +1,5 @@
 """Small helpers shared by the test modules: timing a call, running threads, closing what a
-factory fixture made, serving a fakeredis TCP server."""
+factory fixture made, serving a fakeredis TCP server, listing a namespace's data keys."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol, TypeVar
+
+import redis
 
 
 class Closable(Protocol):
@@ -65,3 +67,11 @@ def serving(srv: socketserver.ThreadingTCPServer) -> Iterator[str]:
     yield f"redis://127.0.0.1:{srv.server_address[1]}/0"
     srv.shutdown()
     srv.server_close()
+
+
+def namespace_data_keys(raw: redis.Redis, namespace: str, match: str | None = None) -> list[bytes]:
+    """Every key naming ``namespace`` (values, leases, locks: pottery stores ``redlock:{name}``),
+    sorted; not the bus's replay log and epoch, which every listener keeps whatever the data."""
+    bus = {f"{namespace}:log".encode(), f"{namespace}:epoch".encode()}
+    pattern = match or f"*{namespace}*"
+    return sorted(k for k in raw.scan_iter(match=pattern) if k not in bus)

@@ -63,6 +63,11 @@ class CacheConfig:
             busy greenlets or threads) a read waits up to this long again for the listener,
             then goes to Redis. The idle listener wakes every quarter of it to renew.
         reconnect_backoff: the longest pause between listener reconnect attempts.
+        replay_log_length: notices kept in the namespace's replay log (a stream, trimmed
+            approximately), so a listener that lost its connection replays what it missed
+            and keeps L1 instead of flushing it; 0 turns the log off (every gap flushes).
+        replay_log_age: notices older than this leave the log too (a listener away longer
+            flushes).
         max_value_bytes: encoded values above this raise ``ValueTooLargeError``.
         max_key_length: keys longer than this (in characters) raise ``InvalidKeyError``.
         signing_key: a secret (16+ bytes); every L2 value then carries an HMAC and values
@@ -97,6 +102,8 @@ class CacheConfig:
     degraded_l1_ttl: float = 1.0
     max_listener_lag: float = 0.05
     reconnect_backoff: float = 1.0
+    replay_log_length: int = 10_000
+    replay_log_age: float = 600.0
     max_value_bytes: int = 16 * 1024 * 1024
     max_key_length: int = 1024
     signing_key: str | bytes | None = None
@@ -117,6 +124,10 @@ class CacheConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive int, got {value!r}")
+        if (not isinstance(self.replay_log_length, int)
+                or isinstance(self.replay_log_length, bool) or self.replay_log_length < 0):
+            raise ConfigError(f"replay_log_length must be an int >= 0, got "
+                              f"{self.replay_log_length!r}")
         if not isinstance(self.strict_types, bool):
             raise ConfigError(f"strict_types must be True or False, got {self.strict_types!r}")
         if self.signing_key is not None and (
@@ -134,7 +145,8 @@ class CacheConfig:
         for name in ("l1_ttl", "default_ttl", "socket_timeout", "connect_timeout",
                      "pool_timeout", "stream_timeout_margin", "lock_timeout",
                      "fail_safe_throttle", "health_check_interval", "health_check_timeout",
-                     "degraded_l1_ttl", "max_listener_lag", "reconnect_backoff"):
+                     "degraded_l1_ttl", "max_listener_lag", "reconnect_backoff",
+                     "replay_log_age"):
             check_seconds(name, getattr(self, name), ConfigError)
         if (isinstance(self.ttl_jitter, bool) or not isinstance(self.ttl_jitter, int | float)
                 or not 0 <= self.ttl_jitter < 1):

@@ -17,6 +17,13 @@ its socket, so a listener starved of CPU stops L1 from serving values it may not
 were replaced. While the bus is down it is infinite: entries then live ``degraded_l1_ttl``
 instead.
 
+A gap on the bus *suspends* L1 (:meth:`LocalStore.suspend`): every entry held at that
+moment reads as expired, none is dropped, and entries stored during the gap (read from L2
+after it began) are served as usual. When the listener has replayed the notices it missed,
+:meth:`LocalStore.resume` gives the held entries their times back, except those the replay
+invalidated or a newer write replaced; where it cannot replay, :meth:`LocalStore.clear`
+drops them. So a reconnect costs a worker the keys that changed, not its whole L1.
+
 Which keys stay is decided by frequency, not by order (``benchmarks/hit_ratio.py`` measured
 FIFO, LRU, SIEVE, S3-FIFO, ARC, LIRS and W-TinyLFU on the same traces before this was
 chosen). A hit adds one to its entry's counter: one integer store, no lock, no reorder. A
@@ -49,7 +56,7 @@ from .stats import Counters
 # the sketch. ``usable_until`` is past ``expires_at`` for a value with a stale window
 # (``get_or_compute(stale_ttl=...)``): after ``expires_at`` only :meth:`LocalStore.stale`
 # serves it. ``expires_at`` is -inf for an entry kept through a bus gap for fail-safe only
-# (:meth:`LocalStore.clear`). Readers index the list (VALUE, EXPIRES, COUNT, USABLE) and
+# (:meth:`LocalStore.clear`) or held back until a replay (:meth:`LocalStore.suspend`). Readers index the list (VALUE, EXPIRES, COUNT, USABLE) and
 # never replace it.
 Entry = list[Any]
 VALUE: Final = 0
@@ -68,7 +75,8 @@ class LocalStore:
     """Bounded TTL store. ``data`` is read directly by the cache's hit path."""
 
     __slots__ = ("_age_at", "_counted", "_counters", "_floor", "_gone_hits", "_lock", "_now",
-                 "_sketch", "_touched", "capacity", "data", "fresh_until", "negative", "seq")
+                 "_sketch", "_suspended", "_touched", "capacity", "data", "fresh_until",
+                 "negative", "seq")
 
     def __init__(self, capacity: int, clock: Clock = SYSTEM_CLOCK,
                  counters: Counters | None = None) -> None:
@@ -90,6 +98,7 @@ class LocalStore:
         self.fresh_until = math.inf
         self._touched: dict[str, int] = {}  # key -> seq of its last write or invalidation
         self._floor = 0  # reads noted before this seq may not promote (flush, or pruning)
+        self._suspended: _Suspension | None = None
         # Looked up at call time, so a store made after gevent's monkey-patching gets a
         # greenlet-aware lock (a native lock would block the hub).
         self._lock = threading.Lock()
@@ -210,11 +219,56 @@ class LocalStore:
             self._floor = self.seq
             self._touched.clear()
             self.negative.clear()
+            self._suspended = None
             for key, entry in list(self.data.items()):
                 if gap and entry[USABLE] > entry[EXPIRES]:
                     entry[EXPIRES] = -math.inf
                 else:
                     self._drop(key)
+
+    def suspend(self) -> None:
+        """Stop serving every entry held now, dropping none: the bus lost its connection,
+        so they may miss notices until it has replayed the log. :meth:`resume` serves them
+        again, :meth:`clear` drops them. Entries stored meanwhile are served as usual (they
+        are read after the gap began, and live ``degraded_l1_ttl``). An entry with a stale
+        window stays servable by :meth:`stale` while the bus is down (fail-safe), as after
+        ``clear(gap=True)``. O(entries), once per gap; the hit path is unchanged (a held
+        entry's fresh time reads as -inf)."""
+        with self._lock:
+            if self._suspended is not None:
+                return
+            held: dict[str, tuple[Entry, float, float]] = {}
+            for key, entry in self.data.items():
+                expires, usable = entry[EXPIRES], entry[USABLE]
+                held[key] = (entry, expires, usable)
+                entry[EXPIRES] = -math.inf
+                if usable <= expires:  # no stale window: not for stale() either
+                    entry[USABLE] = -math.inf
+            self._suspended = _Suspension(held, dict(self.negative), self.seq)
+            self.negative.clear()
+
+    def resume(self) -> None:
+        """Serve again what :meth:`suspend` held back (every notice missed since has been
+        applied: what was invalidated is gone, what was rewritten is a new entry)."""
+        with self._lock:
+            held, self._suspended = self._suspended, None
+            if held is None:
+                return
+            data = self.data
+            for key, (entry, expires, usable) in held.entries.items():
+                if data.get(key) is entry and entry[EXPIRES] == -math.inf:
+                    entry[EXPIRES] = expires
+                    entry[USABLE] = usable
+            negative = self.negative
+            for key, until in held.negative.items():
+                if (len(negative) < self.capacity and key not in data
+                        and not self._moved(key, held.seq)):
+                    negative.setdefault(key, until)
+
+    @property
+    def suspended(self) -> bool:
+        """Whether entries are held back by :meth:`suspend`."""
+        return self._suspended is not None
 
     def hits(self) -> int:
         """Every hit an entry has counted, including entries since gone.
@@ -287,10 +341,11 @@ class LocalStore:
         if not sampled:
             return False  # capacity 0: L1 is off
         now = self._now()
+        held = self._suspended.entries if self._suspended is not None else {}
         victim, weakest = sampled[0], math.inf
         for key in sampled:
             entry = data[key]
-            if entry[USABLE] <= now:
+            if entry[USABLE] <= now and key not in held:
                 victim, weakest = key, -1  # dead already: no contest
                 break
             if entry[COUNT] < weakest:
@@ -304,3 +359,16 @@ class LocalStore:
         self._drop(victim)
         self._counters.l1_evictions += 1
         return True
+
+
+class _Suspension:
+    """What :meth:`LocalStore.suspend` held back: each entry with its fresh and usable
+    times, the cached ``NOT_FOUND`` answers, and the ``seq`` it happened at."""
+
+    __slots__ = ("entries", "negative", "seq")
+
+    def __init__(self, entries: dict[str, tuple[Entry, float, float]],
+                 negative: dict[str, float], seq: int) -> None:
+        self.entries = entries
+        self.negative = negative
+        self.seq = seq

@@ -18,6 +18,7 @@ from ..redis.client import make_client
 from ..redis.keys import KeyLayout
 from ..redis.lane import CommandLane
 from ..redis.locks import FleetLock
+from ..redis.replay import ReplayLog
 from ..redis.store import RedisStore
 from ..redis.streams import Streams
 from .clock import Clock
@@ -25,7 +26,7 @@ from .codec import Codec
 from .config import CacheConfig
 from .flights import WAIT_SLACK, Flights
 from .keyed_locks import KeyedLocks
-from .protocols import Bus, FillLock, L2Store
+from .protocols import Bus, BusReceiver, FillLock, L2Store
 from .stats import Counters
 
 
@@ -38,9 +39,7 @@ class ProcessState:
 
     def __init__(
         self, config: CacheConfig, keys: KeyLayout, codec: Codec, clock: Clock,
-        counters: Counters, *, client: redis.Redis | None,
-        on_invalidate: Callable[[str], None], on_flush: Callable[[bool], None],
-        on_lease: Callable[[float], None],
+        counters: Counters, *, client: redis.Redis | None, receiver: BusReceiver,
     ) -> None:
         self._owns_client = client is None
         self.client = make_client(config) if client is None else client
@@ -50,8 +49,9 @@ class ProcessState:
         # Hot commands skip redis-py's per-command pool checkout (fleetcache.redis.lane); at
         # most half the pool idles there, and blocking stream reads borrow those first.
         lane = CommandLane(pool, keep=max(1, pool.max_connections // 2))
-        self.l2: L2Store = RedisStore(self.client, keys, lane,
-                                      fill_lease_ms=int(config.fill_lease * 1000))
+        self.l2: L2Store = RedisStore(
+            self.client, keys, lane, fill_lease_ms=int(config.fill_lease * 1000),
+            log_length=config.replay_log_length, log_age_ms=int(config.replay_log_age * 1000))
         self.streams = Streams(self.client, keys, lane, config.stream_timeout_margin)
         # One compute of a key at a time in this process, its outcome shared.
         self.flights = Flights(patience=config.lock_timeout + WAIT_SLACK)
@@ -70,8 +70,9 @@ class ProcessState:
         self.closed = False
         self.bus: Bus = InvalidationBus(
             self.client, channel=keys.channel, codec=codec, config=config, clock=clock,
-            counters=counters, on_key=on_invalidate,
-            on_flush=on_flush, on_lease=on_lease,
+            counters=counters, receiver=receiver,
+            log=(ReplayLog(self.client, keys, config.replay_log_length)
+                 if config.replay_log_length else None),
         )
         self.bus.start()
 

@@ -13,7 +13,7 @@ from typing import Protocol
 
 from .clock import Clock
 
-__all__ = ["Bus", "Clock", "FillLock", "FillOutcome", "L2Store"]
+__all__ = ["Bus", "BusReceiver", "Clock", "FillLock", "FillOutcome", "L2Store"]
 
 
 class FillOutcome(enum.Enum):
@@ -77,6 +77,30 @@ class L2Store(Protocol):
     def clear_and_publish(self, message: bytes) -> int: ...
     def ping(self) -> None: ...
     def close(self) -> None: ...
+
+
+class BusReceiver(Protocol):
+    """What the invalidation listener acts on: one process's L1 (and its waiters)."""
+
+    def invalidate(self, key: str) -> None:
+        """Another process changed ``key``."""
+        ...
+
+    def flush(self, gap: bool) -> None:
+        """Drop everything (``gap``: notices may have been missed; keep fail-safe copies)."""
+        ...
+
+    def lease(self, until: float) -> None:
+        """Serve L1 hits only before ``until`` (the listener's lease)."""
+        ...
+
+    def suspend(self) -> None:
+        """Serve nothing held now, drop nothing: notices may be missed until a replay."""
+        ...
+
+    def resume(self) -> None:
+        """Every missed notice was applied: serve what :meth:`suspend` held back."""
+        ...
 
 
 class Bus(Protocol):

@@ -14,8 +14,9 @@ class CacheStats:
     ``get_or_compute``/``cached`` function in this process; ``in_flight`` is how many run now;
     ``lock_waits`` counts waits for another process's compute; ``listener_waits`` counts L1
     hits held back until a late invalidation listener caught up; ``reconnects`` counts
-    invalidation-bus recoveries (each flushed L1); ``corrupt_values`` counts foreign or
-    damaged L2 entries read as misses; ``redis_errors`` counts Redis calls that failed;
+    invalidation-bus recoveries (each replayed what it missed, or flushed L1);
+    ``corrupt_values`` counts foreign or damaged L2 entries read as misses;
+    ``redis_errors`` counts Redis calls that failed;
     ``fills_revoked`` counts computed values not stored because the key was written during
     the compute (or it ran past ``fill_timeout``); ``uncacheable_values`` counts computed
     values that could not be encoded and were kept in this process's L1 only;
@@ -24,6 +25,12 @@ class CacheStats:
     :mod:`fleetcache.core.l1`); ``stale_served`` counts values served past their fresh time
     (``stale_ttl``), ``refreshes`` the background recomputes this process started and
     ``refresh_errors`` those that raised (the stale value was served instead).
+
+    What the invalidation bus did: ``replays`` counts gaps it covered from the replay log
+    (L1 kept), ``invalidations_replayed`` the keys those replays invalidated,
+    ``l1_flushes`` the times it dropped the whole L1 (a remote ``clear()``, a gap the log
+    could not cover, an external ``FLUSHALL``; not the first subscription's), and
+    ``l1_suspended_s`` the seconds L1 spent held back waiting for a replay.
     """
 
     l1_hits: int
@@ -46,6 +53,10 @@ class CacheStats:
     stale_served: int
     refreshes: int
     refresh_errors: int
+    replays: int
+    invalidations_replayed: int
+    l1_flushes: int
+    l1_suspended_s: float
 
     @property
     def lookups(self) -> int:
@@ -96,6 +107,10 @@ class Counters:
     stale_served: int = 0
     refreshes: int = 0
     refresh_errors: int = 0
+    replays: int = 0
+    invalidations_replayed: int = 0
+    l1_flushes: int = 0
+    l1_suspended_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

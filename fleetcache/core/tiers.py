@@ -85,8 +85,7 @@ class Tiers:
                         self.config = self.config.replace(url=env_url())
                     proc = self._proc = ProcessState(
                         self.config, self.keys, self.codec, self.clock, self.counters,
-                        client=self._client, on_invalidate=self.on_remote_invalidation,
-                        on_flush=self.l1.clear, on_lease=self.l1.lease,
+                        client=self._client, receiver=self,
                     )
         return proc
 
@@ -99,7 +98,9 @@ class Tiers:
         if proc is not None:
             proc.close()
 
-    def on_remote_invalidation(self, key: str) -> None:
+    # -- what the invalidation listener acts on (a BusReceiver) --------------------------
+
+    def invalidate(self, key: str) -> None:
         """Another process changed ``key``: drop our copy, end any wait for it, and forget
         any refresh throttle on it (the value it was about is gone)."""
         self.l1.invalidate(key)
@@ -107,6 +108,22 @@ class Tiers:
         if proc is not None:
             proc.wake_waiter(key)
             proc.throttled.pop(key, None)
+
+    def flush(self, gap: bool) -> None:
+        """Drop L1 (see :meth:`LocalStore.clear`)."""
+        self.l1.clear(gap)
+
+    def lease(self, until: float) -> None:
+        """Serve L1 hits only before ``until``."""
+        self.l1.lease(until)
+
+    def suspend(self) -> None:
+        """Hold L1 back until the listener has replayed what it missed."""
+        self.l1.suspend()
+
+    def resume(self) -> None:
+        """Serve L1 again: the replay is done."""
+        self.l1.resume()
 
     # -- rules shared by reads, writes and computes ------------------------------------
 

@@ -6,12 +6,18 @@ One listener per process runs in a daemon thread (a greenlet once gevent has pat
 Missed notices are the failure this module exists for. redis-py reconnects and
 resubscribes a PubSub silently, and messages published in the gap are lost, so:
 
-* every ``subscribe`` confirmation (the first included) flushes L1: whatever L1 holds may
-  have missed notices before the subscription was (re)established;
-* any error on the connection marks the bus down and flushes L1 at once;
+* any error on the connection marks the bus down and *suspends* L1 at once: it serves
+  nothing it held, and drops nothing (:meth:`~fleetcache.core.l1.LocalStore.suspend`);
 * a watchdog PINGs every ``health_check_interval``; a PONG later than
-  ``health_check_timeout`` means a half-open or stalled connection: drop it, flush, reconnect
-  (redis-py's own ``health_check_interval`` sends PINGs but never waits for the PONG);
+  ``health_check_timeout`` means a half-open or stalled connection: drop it, suspend,
+  reconnect (redis-py's own ``health_check_interval`` sends PINGs but never waits for the
+  PONG);
+* at every ``subscribe`` confirmation the listener catches up from the replay log
+  (:mod:`fleetcache.redis.replay`): it applies every notice logged after the last one it
+  applied, then L1 serves again; where the log cannot cover the gap (trimmed past its
+  position, gone, another server or another epoch) it flushes L1 instead;
+* the same watchdog beat reads the namespace's epoch: an operator's ``FLUSHALL`` (or a
+  restart without persistence) publishes nothing, and is caught there;
 * while the bus is down, the cache stores L1 entries with ``degraded_l1_ttl`` only.
 
 So an L1 entry is served at most ``health_check_interval + health_check_timeout`` (detection)
@@ -24,7 +30,10 @@ CPU, measured in the fleet benchmark). So the listener holds a lease on L1
 it extends L1's trust to ``max_listener_lag`` past that moment. A read that finds the lease
 run out waits for the next renewal (:meth:`InvalidationBus.await_lease`): waiting yields,
 so the listener gets its turn, and no Redis round trip is spent; past one more
-``max_listener_lag`` the read goes to Redis. """
+``max_listener_lag`` the read goes to Redis.
+
+A published notice is ``<log entry id>|<MessagePack notice>`` (the id is empty when the
+writer keeps no log). """
 
 from __future__ import annotations
 
@@ -33,7 +42,6 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -42,7 +50,9 @@ from ..core.clock import Clock
 from ..core.codec import Codec
 from ..core.config import CacheConfig
 from ..core.errors import CorruptValueError
+from ..core.protocols import BusReceiver
 from ..core.stats import Counters
+from .replay import Identity, Position, ReplayLog, parse_position
 
 logger = logging.getLogger("fleetcache")
 
@@ -61,31 +71,34 @@ class InvalidationBus:
         client: redis.Redis,
         *,
         channel: str,
+        log: ReplayLog | None,
         codec: Codec,
         config: CacheConfig,
         clock: Clock,
         counters: Counters,
-        on_key: Callable[[str], None],
-        on_flush: Callable[[bool], None],
-        on_lease: Callable[[float], None],
+        receiver: BusReceiver,
     ) -> None:
         self.sender_id = os.urandom(8)
         self.connected = False
         self._client = client
         self._channel = channel
+        self._log = log  # None: replay_log_length=0, every gap flushes
         self._codec = codec
         self._config = config
         self._clock = clock  # lease stamps only: L1 compares them with its own readings
         self._counters = counters
-        self._on_key = on_key
-        self._on_flush = on_flush
-        self._on_lease = on_lease
+        self._receiver = receiver
         self._stop = threading.Event()
         self._renewed = threading.Event()  # replaced at each renewal; waiters hold the old one
         self._thread: threading.Thread | None = None
         self._ever_connected = False
         self._said_never = False
         self._malformed = 0
+        # The last logged notice applied (None: not caught up since the last flush or
+        # start), and which server and namespace life it belongs to.
+        self._position: Position | None = None
+        self._identity: Identity | None = None
+        self._suspended_at: float | None = None
 
     def message(self, key: str | list[str] | None) -> bytes:
         """The notice for ``key`` (a list: several keys; None: flush everything), tagged
@@ -103,7 +116,7 @@ class InvalidationBus:
         return self._renewed.wait(timeout)
 
     def _renew(self, until: float) -> None:
-        self._on_lease(until)
+        self._receiver.lease(until)
         renewed, self._renewed = self._renewed, threading.Event()
         renewed.set()
 
@@ -169,6 +182,8 @@ class InvalidationBus:
                     pending = (token, now + self._config.health_check_timeout)
                     pubsub.ping(token)
                     next_ping = now + interval
+                    if self.connected:
+                        self._check_epoch()
                 msg = pubsub.get_message(timeout=0.0)
                 if msg is None:
                     # Drained: every notice that reached us before `now` is applied.
@@ -180,7 +195,7 @@ class InvalidationBus:
                         continue
                 kind = msg["type"]
                 if kind == "message":
-                    self._apply(msg["data"])
+                    self._receive(msg["data"])
                 elif kind == "pong":
                     if pending is not None and msg["data"] == pending[0]:
                         pending = None
@@ -189,7 +204,25 @@ class InvalidationBus:
         finally:
             pubsub.close()  # `connected` is cleared by _mark_down, which logs the transition
 
-    def _apply(self, data: Any) -> None:
+    def _receive(self, data: Any) -> None:
+        """A published notice: note its log position, skip it if a replay applied it."""
+        head, sep, notice = bytes(data).partition(b"|")
+        if not sep:
+            self._unreadable()
+            return
+        if head:
+            try:
+                position = parse_position(head)
+            except ValueError:
+                self._unreadable()
+                return
+            if self._position is not None:
+                if position <= self._position:
+                    return  # replayed already
+                self._position = position
+        self._apply(notice)
+
+    def _apply(self, data: bytes, replayed: bool = False) -> None:
         try:
             sender, key, _ = self._codec.decode_payload(data)
         except (CorruptValueError, TypeError, ValueError):
@@ -197,18 +230,20 @@ class InvalidationBus:
             return
         if sender == self.sender_id:
             return  # our own write: already applied locally, in order
+        counters = self._counters
         if key is None:
-            self._counters.invalidations_received += 1
-            self._on_flush(False)
-        elif isinstance(key, str):
-            self._counters.invalidations_received += 1
-            self._on_key(key)
-        elif isinstance(key, list) and all(isinstance(k, str) for k in key):
-            self._counters.invalidations_received += len(key)
-            for k in key:
-                self._on_key(k)
-        else:
+            counters.invalidations_received += 1
+            self._flush(False)
+            return
+        keys = [key] if isinstance(key, str) else key
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             self._unreadable()
+            return
+        counters.invalidations_received += len(keys)
+        if replayed:
+            counters.invalidations_replayed += len(keys)
+        for k in keys:
+            self._receiver.invalidate(k)
 
     def _unreadable(self) -> None:
         # Another version mid-deploy, a stray publisher: it may have been an invalidation,
@@ -217,27 +252,105 @@ class InvalidationBus:
         if self._malformed & (self._malformed - 1) == 0:  # 1st, 2nd, 4th, 8th...
             logger.warning("fleetcache: unreadable message on %s (%d so far); L1 flushed",
                            self._channel, self._malformed)
-        self._on_flush(False)
+        self._flush(False)
+
+    def _flush(self, gap: bool) -> None:
+        if self._ever_connected:  # the first subscription's flush is no event
+            self._counters.l1_flushes += 1
+        self._receiver.flush(gap)
+        self._end_suspension()
+
+    def _end_suspension(self) -> None:
+        started, self._suspended_at = self._suspended_at, None
+        if started is not None:
+            self._counters.l1_suspended_s += time.monotonic() - started
+
+    def _catch_up(self) -> str | None:
+        """Bring L1 up to date after a (re)subscription: replay the log from our position,
+        or flush. None if L1 was kept, else why it was flushed."""
+        log = self._log
+        if log is None:
+            self._flush(True)
+            return "no replay log (replay_log_length=0)"
+        identity = log.identity()
+        reason = None
+        position = self._position
+        if position is None or self._identity is None:
+            reason = "first subscription"
+        elif identity != self._identity:
+            reason = ("another server (run id changed)" if identity.epoch ==
+                      self._identity.epoch else "namespace flushed (epoch changed)")
+        else:
+            replayed = log.replay(position, lambda notice: self._apply(notice, replayed=True))
+            if replayed is None:
+                reason = "the replay log no longer covers the gap"
+            else:
+                self._position = replayed
+        if reason is not None:
+            self._restart_from(log)
+            self._identity = identity  # only once flushed: a failure before retries this
+            return reason
+        self._counters.replays += 1
+        self._receiver.resume()
+        self._end_suspension()
+        return None
+
+    def _restart_from(self, log: ReplayLog) -> None:
+        # The log's end first, then the flush: a notice logged after that end is applied
+        # when it arrives; one logged before it was published before the flush, which
+        # covers it (a read that raced it is refused promotion by the flush).
+        self._position = log.tail()
+        self._flush(True)
+
+    def _check_epoch(self) -> None:
+        """The watchdog's check for a flush from outside (FLUSHALL, a restart)."""
+        log = self._log
+        if log is None or self._identity is None:
+            return
+        epoch = log.epoch()
+        if epoch != self._identity.epoch:
+            self._restart_from(log)
+            self._identity = Identity(self._identity.run_id, epoch)
+            logger.warning("fleetcache: namespace flushed outside fleetcache (FLUSHALL, or a "
+                           "restart without persistence); L1 flushed")
 
     def _mark_up(self) -> None:
-        # Flush before declaring the bus up: entries stored until now may have missed notices.
-        self._on_flush(True)
+        # Catch up before declaring the bus up: entries held until now may have missed
+        # notices. redis-py may have resubscribed by itself, so a gap can announce itself
+        # here first: hold L1 back for the catch-up too.
+        if self._ever_connected:
+            self._suspend()
+        reason = self._catch_up()
         self._renew(self._clock.monotonic() + self._config.max_listener_lag)
         if self._ever_connected:
             self._counters.reconnects += 1
-            logger.warning("fleetcache: invalidation bus reconnected; L1 flushed")
+            if reason is None:
+                logger.warning("fleetcache: invalidation bus reconnected; missed notices "
+                               "replayed, L1 kept")
+            else:
+                logger.warning("fleetcache: invalidation bus reconnected; L1 flushed (%s)",
+                               reason)
         self._ever_connected = True
         self.connected = True
+
+    def _suspend(self) -> None:
+        """Hold L1 back until a catch-up (flush it where there will be no replay)."""
+        if self._log is not None and self._position is not None:
+            if self._suspended_at is None:
+                self._suspended_at = time.monotonic()
+            self._receiver.suspend()
+        else:
+            self._flush(True)
 
     def _mark_down(self, exc: BaseException | None) -> None:
         was_connected = self.connected
         self.connected = False
-        self._on_flush(True)
+        self._suspend()
         self._renew(math.inf)  # no lease without a listener: degraded_l1_ttl bounds L1
         reason = f"{type(exc).__name__}: {exc}" if exc else "error"
         if was_connected:
-            logger.warning("fleetcache: invalidation bus down (%s); L1 flushed, "
-                           "reconnecting", reason)
+            logger.warning("fleetcache: invalidation bus down (%s); L1 suspended until the "
+                           "missed notices are replayed, reconnecting", reason)
         elif not self._ever_connected and not self._said_never:
             # Once: a bus that never comes up (Redis down at start, an ACL user without
             # channel permission) would otherwise be visible in health() only.

@@ -28,6 +28,8 @@ class KeyLayout:
     fill lease    ``{ns}:f:{key}``                            ``{ns}:f:{{ns}:{key}}``
     fill lock     ``redlock:{ns}:lock:{key}``                 ``redlock:{ns}:lock:{{ns}:{key}}``
     channel       ``{ns}:inv``                                the same
+    replay log    ``{ns}:log``                                the same
+    epoch         ``{ns}:epoch``                              the same
     stream        ``{ns}:s:{name}``                           the same
     ============  ==========================================  ==========================
     """
@@ -37,6 +39,8 @@ class KeyLayout:
     value_prefix: str = field(init=False)
     lease_prefix: str = field(init=False)
     channel: str = field(init=False)
+    log: str = field(init=False)
+    epoch: str = field(init=False)
     _lock_prefix: str = field(init=False)
     _stream_prefix: str = field(init=False)
 
@@ -47,6 +51,11 @@ class KeyLayout:
         set_ = object.__setattr__  # frozen: derived names are fixed at construction
         set_(self, "value_prefix", f"{ns}:v:")
         set_(self, "channel", f"{ns}:inv")
+        # The stream every notice is also appended to, so a listener that missed some
+        # replays them (fleetcache.redis.replay), and the key whose absence says the
+        # namespace was flushed from outside (FLUSHALL, a restart without persistence).
+        set_(self, "log", f"{ns}:log")
+        set_(self, "epoch", f"{ns}:epoch")
         set_(self, "lease_prefix", f"{ns}:f:")
         set_(self, "_lock_prefix", f"{ns}:lock:")
         set_(self, "_stream_prefix", f"{ns}:s:")

@@ -62,22 +62,49 @@ redis.call('PEXPIRE', KEYS[3], ARGV[4])
 return {1, 0}
 """
 
-# A script is not rolled back when a command in it fails (an ACL without the channel, say):
-# each write script publishes first, so a failure leaves at worst a notice without a write
-# (harmless: readers re-read L2), never a write without its notice. Readers cannot tell the
-# order apart: nothing runs between a script's commands.
+# Every notice goes out twice, from the one function below that each write script starts
+# with: appended to the namespace's replay log (a stream, trimmed to ``log_length`` entries
+# and ``log_age`` ms, both approximately: whole stream nodes), then PUBLISHed as
+# ``<entry id>|<notice>``, so a listener knows the log position of every notice it applied
+# and, after a gap, replays the rest from the log (fleetcache.redis.replay). A log length
+# of 0 turns the log off: the id is empty, every gap flushes L1, and the log is deleted, so
+# that processes keeping one do not trust a log without these notices.
+#
+# Its arguments are the last ones of each script: KEYS[#KEYS] is the log; ARGV ends with
+# channel, notice, log length, log age ms. A script is not rolled back when a command in it
+# fails (an ACL without the channel, say): each write script notifies first, so a failure
+# leaves at worst a notice without a write (harmless: readers re-read L2), never a write
+# without its notice. Readers cannot tell the order apart: nothing runs between a
+# script's commands.
+_NOTIFY = """
+local function notify()
+  local n = #ARGV
+  local id = ''
+  local length = tonumber(ARGV[n - 1])
+  if length > 0 then
+    local log = KEYS[#KEYS]
+    id = redis.call('XADD', log, 'MAXLEN', '~', length, '*', 'n', ARGV[n - 2])
+    local now = redis.call('TIME')
+    local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - ARGV[n]
+    if oldest > 0 then redis.call('XTRIM', log, 'MINID', '~', oldest) end
+  else
+    redis.call('DEL', KEYS[#KEYS])
+  end
+  redis.call('PUBLISH', ARGV[n - 3], id .. '|' .. ARGV[n - 2])
+end
+"""
 
-# KEYS: value, lock, lease; ARGV: blob, ms, token, channel, notice, "refresh" or "". Releases
-# the lock (pottery's compare-and-delete) whatever happens; stores only under a live lease
-# and, unless it is a refresh (which replaces the stale value its lease was taken on), only
-# where L2 holds nothing (a set() during the compute is newer, and revoked the lease anyway).
-# Reply {stored, released, leased}.
-_STORE_FILL = """
+# KEYS: value, lock, lease, log; ARGV: blob, ms, token, "refresh" or "", notify's four.
+# Releases the lock (pottery's compare-and-delete) whatever happens; stores only under a
+# live lease and, unless it is a refresh (which replaces the stale value its lease was
+# taken on), only where L2 holds nothing (a set() during the compute is newer, and revoked
+# the lease anyway). Reply {stored, released, leased}.
+_STORE_FILL = _NOTIFY + """
 local released = 0
 if redis.call('GET', KEYS[2]) == ARGV[3] then released = redis.call('DEL', KEYS[2]) end
 if redis.call('SREM', KEYS[3], ARGV[3]) == 0 then return {0, released, 0} end
-if ARGV[6] ~= 'refresh' and redis.call('EXISTS', KEYS[1]) == 1 then return {0, released, 1} end
-redis.call('PUBLISH', ARGV[4], ARGV[5])
+if ARGV[4] ~= 'refresh' and redis.call('EXISTS', KEYS[1]) == 1 then return {0, released, 1} end
+notify()
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {1, released, 1}
 """
@@ -93,41 +120,42 @@ if tonumber(ARGV[2]) > 0 then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return redis.call('DEL', KEYS[1])
 """
 
-# KEYS: value, lease; ARGV: blob, ms, channel, notice, "NX" or "". Reply 1 if stored.
-_SET_PUBLISH = """
-if ARGV[5] == 'NX' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('PUBLISH', ARGV[3], ARGV[4])
+# KEYS: value, lease, log; ARGV: blob, ms, "NX" or "", notify's four. Reply 1 if stored.
+_SET_PUBLISH = _NOTIFY + """
+if ARGV[3] == 'NX' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+notify()
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('DEL', KEYS[2])
 return 1
 """
 
-# KEYS: value, lease; ARGV: expected blob ('' for "absent": no envelope is empty), new
-# blob, ms, channel, notice. Reply 1 if L2 still held the expected bytes and now the new.
-_CHECK_AND_SET = """
+# KEYS: value, lease, log; ARGV: expected blob ('' for "absent": no envelope is empty), new
+# blob, ms, notify's four. Reply 1 if L2 still held the expected bytes and now the new.
+_CHECK_AND_SET = _NOTIFY + """
 if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 0 end
-redis.call('PUBLISH', ARGV[4], ARGV[5])
+notify()
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('DEL', KEYS[2])
 return 1
 """
 
-# KEYS: n values, then their n leases; ARGV: channel, one notice for all, then a blob and
-# its ms per key (each its own TTL: see ttl_jitter).
-_SET_MANY_PUBLISH = """
-local n = #KEYS / 2
-redis.call('PUBLISH', ARGV[1], ARGV[2])
+# KEYS: n values, then their n leases, then the log; ARGV: a blob and its ms per key (each
+# its own TTL: see ttl_jitter), then notify's four (one notice for all).
+_SET_MANY_PUBLISH = _NOTIFY + """
+local n = (#KEYS - 1) / 2
+notify()
 for i = 1, n do
-  redis.call('SET', KEYS[i], ARGV[1 + 2 * i], 'PX', ARGV[2 + 2 * i])
+  redis.call('SET', KEYS[i], ARGV[2 * i - 1], 'PX', ARGV[2 * i])
   redis.call('DEL', KEYS[n + i])
 end
 return n
 """
 
-# KEYS: n values, then their n leases; ARGV: channel, notice. Reply: values deleted.
-_DELETE_PUBLISH = """
-local n = #KEYS / 2
-redis.call('PUBLISH', ARGV[1], ARGV[2])
+# KEYS: n values, then their n leases, then the log; ARGV: notify's four. Reply: values
+# deleted.
+_DELETE_PUBLISH = _NOTIFY + """
+local n = (#KEYS - 1) / 2
+notify()
 local deleted = 0
 for i = 1, n do
   deleted = deleted + redis.call('DEL', KEYS[i])
@@ -136,20 +164,27 @@ end
 return deleted
 """
 
+# KEYS: the log; ARGV: notify's four. A notice with no write (clear()'s flush).
+_PUBLISH = _NOTIFY + """
+notify()
+return 1
+"""
+
 
 class RedisStore:
     """The cache's Redis commands, every name taken from one :class:`KeyLayout`."""
 
     __slots__ = ("_abandon_fill", "_check_and_set", "_delete", "_discard", "_fetch_or_lock",
-                 "_lane", "_lease_ms", "_lock_stale", "_set", "_set_many", "_store_fill",
-                 "client", "keys")
+                 "_lane", "_lease_ms", "_lock_stale", "_log", "_publish", "_set", "_set_many",
+                 "_store_fill", "client", "keys")
 
     def __init__(self, client: redis.Redis, keys: KeyLayout, lane: CommandLane,
-                 fill_lease_ms: int) -> None:
+                 fill_lease_ms: int, *, log_length: int = 0, log_age_ms: int = 0) -> None:
         self.client = client
         self.keys = keys
         self._lane = lane
         self._lease_ms = fill_lease_ms
+        self._log = (log_length, log_age_ms)  # the tail of every notifying script's ARGV
         # redis-py's Script: its SHA and text (the lane runs EVALSHA, EVAL on NOSCRIPT).
         self._discard = client.register_script(_DISCARD)
         self._fetch_or_lock = client.register_script(_FETCH_OR_LOCK)
@@ -160,6 +195,11 @@ class RedisStore:
         self._check_and_set = client.register_script(_CHECK_AND_SET)
         self._set_many = client.register_script(_SET_MANY_PUBLISH)
         self._delete = client.register_script(_DELETE_PUBLISH)
+        self._publish = client.register_script(_PUBLISH)
+
+    def _notify(self, message: bytes) -> tuple[str | bytes | int, ...]:
+        """The four arguments every notifying script ends with (see ``_NOTIFY``)."""
+        return (self.keys.channel, message, *self._log)
 
     def close(self) -> None:
         """Give the lane's idle connections back to the pool."""
@@ -222,8 +262,8 @@ class RedisStore:
         keys = self.keys
         with mapped_errors("SET"):
             return bool(self._lane.run_script(
-                self._set, [keys.value(key), keys.lease(key)],
-                [blob, ttl_ms, keys.channel, message, "NX" if only_if_absent else ""]))
+                self._set, [keys.value(key), keys.lease(key), keys.log],
+                [blob, ttl_ms, "NX" if only_if_absent else "", *self._notify(message)]))
 
     def check_and_set(
         self, key: str, expected: bytes | None, blob: bytes, ttl_ms: int, message: bytes
@@ -233,8 +273,8 @@ class RedisStore:
         keys = self.keys
         with mapped_errors("SET"):
             return bool(self._lane.run_script(
-                self._check_and_set, [keys.value(key), keys.lease(key)],
-                [expected or b"", blob, ttl_ms, keys.channel, message]))
+                self._check_and_set, [keys.value(key), keys.lease(key), keys.log],
+                [expected or b"", blob, ttl_ms, *self._notify(message)]))
 
     def store_fill(
         self, key: str, blob: bytes, ttl_ms: int, lock: FillLock, message: bytes, *,
@@ -245,9 +285,9 @@ class RedisStore:
         keys = self.keys
         with mapped_errors("SET"):
             stored, released, leased = self._lane.run_script(
-                self._store_fill, [keys.value(key), lock.key, keys.lease(key)],
-                [blob, ttl_ms, lock.token, keys.channel, message,
-                 "refresh" if refresh else ""])
+                self._store_fill, [keys.value(key), lock.key, keys.lease(key), keys.log],
+                [blob, ttl_ms, lock.token, "refresh" if refresh else "",
+                 *self._notify(message)])
         lock.released(released)
         if stored:
             return FillOutcome.STORED
@@ -272,9 +312,10 @@ class RedisStore:
     ) -> None:
         """SET every ``(key, blob, ttl_ms)`` and PUBLISH one ``message`` naming them all,
         atomically."""
-        args: list[Any] = [self.keys.channel, message]
+        args: list[Any] = []
         for _, blob, ttl_ms in blobs:
             args += (blob, ttl_ms)
+        args += self._notify(message)
         with mapped_errors("SET"):
             self._lane.run_script(self._set_many,
                                   self._with_leases([key for key, _, _ in blobs]), args)
@@ -284,11 +325,11 @@ class RedisStore:
         existed."""
         with mapped_errors("DEL"):
             return int(self._lane.run_script(self._delete, self._with_leases(keys),
-                                             [self.keys.channel, message]))
+                                             self._notify(message)))
 
     def _with_leases(self, keys: Sequence[str]) -> list[str]:
         layout = self.keys
-        return [*map(layout.value, keys), *map(layout.lease, keys)]
+        return [*map(layout.value, keys), *map(layout.lease, keys), layout.log]
 
     def clear_and_publish(self, message: bytes, batch: int = 500) -> int:
         """Revoke every fill, delete every value of this namespace (SCAN, never KEYS), then
@@ -300,7 +341,7 @@ class RedisStore:
         with mapped_errors("clear"):
             self._unlink_matching(self.keys.lease_prefix, batch)
             deleted = self._unlink_matching(self.keys.value_prefix, batch)
-            self.client.publish(self.keys.channel, message)
+            self._publish(keys=[self.keys.log], args=self._notify(message))
         return deleted
 
     def _unlink_matching(self, prefix: str, batch: int) -> int:

@@ -9,6 +9,8 @@ calls that run *inside* that loop (so no socket is ever closed under another thr
   pub/sub connections. Chunks are delayed, not serialised: like a long wire;
 * :meth:`Proxy.reset`: abort every connection with a TCP RST on both sides
   (``SO_LINGER`` 0, then close), like a middlebox or a peer that crashed and came back;
+* :meth:`Proxy.refuse`: RST every new connection right after accepting it, like a server
+  that is down (with :meth:`Proxy.reset` first: a cut, and no way back until healed);
 * :meth:`Proxy.blackhole`: keep connections open but stop forwarding, silently, in one or
   both directions. Nothing is read from a held direction, so bytes wait in kernel buffers
   and FIN/RST from the held side go unnoticed, exactly like a partition or a half-open TCP
@@ -125,12 +127,14 @@ class Proxy:
         self._latency = {"up": 0.0, "down": 0.0}
         self._latency_scope: LatencyScope = "all"
         self._rule: _Rule | None = None
+        self._refusing = False
         self._stopping = False
         self._thread: threading.Thread | None = None
         # Counters, read by tests (ints: safe to read from any thread).
         self.accepted = 0
         self.resets = 0  # connections aborted by reset()
         self.failed_upstream = 0  # accepted, but the server refused
+        self.refused = 0  # accepted and aborted by refuse()
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -192,9 +196,25 @@ class Proxy:
         rule = _Rule(scope, dirs, new_connections)
         return int(self._call(lambda: self._apply_rule(rule)))
 
+    def refuse(self) -> int:
+        """Abort every connection now and RST every new one until :meth:`heal`; how many
+        were aborted."""
+
+        def apply() -> int:
+            self._refusing = True
+            return self._reset_all()
+
+        return int(self._call(apply))
+
     def heal(self) -> int:
-        """Forward everything again, held bytes first; how many connections were held."""
-        return int(self._call(self._heal_all))
+        """Forward everything again, held bytes first, and accept new connections again;
+        how many connections were held."""
+
+        def apply() -> int:
+            self._refusing = False
+            return self._heal_all()
+
+        return int(self._call(apply))
 
     def connections(self) -> list[ConnInfo]:
         return list(self._call(self._snapshot))
@@ -315,6 +335,10 @@ class Proxy:
             except OSError:
                 return
             self.accepted += 1
+            if self._refusing:
+                self.refused += 1
+                _rst_close(client)
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=1.0)
             except OSError:

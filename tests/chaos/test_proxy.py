@@ -57,6 +57,18 @@ def test_reset_sends_rst_to_the_client(proxy: Proxy) -> None:
     assert client.ping()  # a new connection works at once
 
 
+def test_refuse_cuts_and_refuses_until_healed(proxy: Proxy) -> None:
+    client = raw(proxy.url())
+    assert client.ping()
+    assert proxy.refuse() == 1
+    for _ in range(2):  # redis-py retries once on a dead pooled connection
+        with pytest.raises(redis.ConnectionError):
+            client.ping()
+    assert proxy.refused >= 2
+    proxy.heal()
+    assert client.ping()
+
+
 def test_blackhole_is_silent_and_heal_delivers_what_was_held(
     proxy: Proxy, own_server: Server
 ) -> None:

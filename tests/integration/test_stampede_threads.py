@@ -17,6 +17,7 @@ import redis
 
 from fleetcache import FleetCache
 
+from ..helpers import namespace_data_keys
 from ..servers import Server
 
 MakeCache = Callable[..., FleetCache]
@@ -174,7 +175,7 @@ def test_failing_compute_reaches_the_caller_and_leaves_nothing_behind(
     assert seen_lock == [1], "the fleet lock was not held (or named differently) in compute"
     assert raw.exists(data_key(cache, "k")) == 0, "something was cached after a failure"
     assert raw.exists(lock_key(cache, "k")) == 0, "the Redlock outlived the failed compute"
-    assert list(raw.scan_iter(match=f"*{cache.config.namespace}*")) == []
+    assert namespace_data_keys(raw, cache.config.namespace) == []
     assert cache.get("k", "miss") == "miss"
     assert cache.stats().in_flight == 0
 

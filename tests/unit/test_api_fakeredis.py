@@ -31,7 +31,7 @@ from fleetcache import (
     ValueTooLargeError,
 )
 
-from ..helpers import run_threads, serving
+from ..helpers import namespace_data_keys, run_threads, serving
 
 fakeredis = pytest.importorskip("fakeredis")
 pytest.importorskip("lupa", reason="pottery's Redlock needs Lua: install fakeredis[lua]")
@@ -93,9 +93,7 @@ def l2_key(namespace: str, key: str) -> str:
     return f"{namespace}:v:{key}"
 
 
-def namespace_keys(raw: redis.Redis, namespace: str) -> list[bytes]:
-    """Every key naming the namespace: values, and locks (pottery stores "redlock:{name}")."""
-    return sorted(raw.scan_iter(match=f"*{namespace}*"))
+namespace_keys = namespace_data_keys
 
 
 def eventually(predicate: Callable[[], bool], timeout: float = 3.0) -> bool:

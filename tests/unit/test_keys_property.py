@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from fleetcache import FleetCache, InvalidKeyError
 
-from ..helpers import serving
+from ..helpers import namespace_data_keys, serving
 from ..servers import free_port
 
 fakeredis = pytest.importorskip("fakeredis")
@@ -264,7 +264,7 @@ def test_keys_differing_only_by_glob_metacharacters_do_not_collide(
     assert write(reader, writer.clear) == len(keys) - 1
     for key in keys:
         assert reader.get(key, ABSENT) == ABSENT, key
-    assert list(raw.scan_iter(match=f"{writer.config.namespace}:*")) == []
+    assert namespace_data_keys(raw, writer.config.namespace, f"{writer.config.namespace}:*") == []
 
 
 # -- @cached keys -------------------------------------------------------------------------------

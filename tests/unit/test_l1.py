@@ -413,3 +413,84 @@ def test_a_bus_gap_keeps_stale_window_entries_for_fail_safe_only(clock: FakeCloc
     assert store.stale("windowed") is None
     store.clear()  # a clear() from the fleet drops it for good
     assert len(store) == 0
+
+
+# -- suspension (a gap on the bus, until the replay) ----------------------------------------
+
+
+def suspended_store(clock: FakeClock) -> LocalStore:
+    """a and b fresh for 60 s (b with a 30 s stale window), "gone" cached as NOT_FOUND;
+    then suspended."""
+    store = LocalStore(10, clock)
+    store.put("a", 1, 60.0, store.seq)
+    store.put("b", 2, 60.0, store.seq, stale_for=30.0)
+    assert store.put_negative("gone", 60.0, store.seq)
+    store.suspend()
+    return store
+
+
+def test_a_suspended_store_serves_nothing_and_drops_nothing(clock: FakeClock) -> None:
+    store = suspended_store(clock)
+    assert store.suspended
+    assert store.get("a") is None and store.get("b") is None
+    assert not store.is_negative("gone")
+    assert len(store) == 2, "suspend dropped entries"
+    # A fail-safe copy stays servable as stale (the bus is down), one without a window not.
+    stale = store.stale("b")
+    assert stale is not None and stale[0] == 2
+    assert store.stale("a") is None
+
+
+def test_resume_serves_what_was_held_with_its_own_times(clock: FakeClock) -> None:
+    store = suspended_store(clock)
+    clock.advance(10.0)
+    store.resume()
+    assert not store.suspended
+    assert value_of(store, "a") == 1 and value_of(store, "b") == 2
+    assert store.is_negative("gone")
+    clock.advance(50.0)  # 60 s after the put, not after the resume
+    assert store.get("a") is None
+
+
+def test_what_a_replay_touched_is_not_brought_back(clock: FakeClock) -> None:
+    store = suspended_store(clock)
+    store.invalidate("a")  # a replayed notice
+    store.put("b", "new", 60.0, store.seq)  # read again from L2 during the gap
+    store.invalidate("gone")  # now exists
+    store.resume()
+    assert store.get("a") is None
+    assert value_of(store, "b") == "new"
+    assert not store.is_negative("gone")
+
+
+def test_suspend_is_idempotent_and_keeps_the_first_times(clock: FakeClock) -> None:
+    store = suspended_store(clock)
+    store.suspend()  # a second gap signal before the replay: nothing more to hold
+    store.resume()
+    assert value_of(store, "a") == 1
+    assert store.is_negative("gone")
+    store.resume()  # nothing held: a no-op
+    assert value_of(store, "a") == 1
+
+
+def test_clear_ends_a_suspension_for_good(clock: FakeClock) -> None:
+    store = suspended_store(clock)
+    store.clear()
+    assert not store.suspended
+    store.resume()
+    assert store.get("a") is None and store.get("b") is None and len(store) == 0
+    assert not store.is_negative("gone")
+
+
+def test_a_held_entry_is_not_mistaken_for_a_dead_one_by_eviction(clock: FakeClock) -> None:
+    store = LocalStore(2, clock)
+    store.put("hot", 1, 60.0, store.seq)
+    for _ in range(5):
+        assert store.get("hot") is not None
+    store.put("cold", 2, 60.0, store.seq)
+    store.suspend()
+    # A newcomer during the gap: the hot entry's times read -inf, yet it is not dead.
+    for _ in range(3):
+        store.put("new", 3, 60.0, store.seq)
+    store.resume()
+    assert value_of(store, "hot") == 1

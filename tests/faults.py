@@ -16,10 +16,24 @@ def _process(cache: FleetCache) -> ProcessState:
     return cache._tiers.process()
 
 
+class _Deaf:
+    """A bus receiver that hears every notice but the ones that invalidate something."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("invalidate", "invalidate_tag", "invalidate_prefix"):
+            return lambda *_: None
+        return getattr(self._real, name)
+
+
 def deafen(cache: FleetCache) -> None:
-    """From now on the listener drops every key notice on the floor (it still flushes on a
-    gap): a negative control, a cache that misses invalidations."""
-    _process(cache).bus._on_key = lambda key: None  # type: ignore[attr-defined]
+    """From now on the listener drops every key, tag and prefix notice on the floor (it
+    still suspends, replays and flushes on a gap): a negative control, a cache that misses
+    invalidations."""
+    bus = _process(cache).bus
+    bus._receiver = _Deaf(bus._receiver)  # type: ignore[attr-defined]
 
 
 def lapse_lease(cache: FleetCache) -> None:

@@ -71,7 +71,10 @@ def serving(srv: socketserver.ThreadingTCPServer) -> Iterator[str]:
 
 def namespace_data_keys(raw: redis.Redis, namespace: str, match: str | None = None) -> list[bytes]:
     """Every key naming ``namespace`` (values, leases, locks: pottery stores ``redlock:{name}``),
-    sorted; not the bus's replay log and epoch, which every listener keeps whatever the data."""
+    sorted; not the bus's replay log and epoch, nor the fleet view's worker records
+    (``{ns}:w...``), which every process keeps whatever the data."""
     bus = {f"{namespace}:log".encode(), f"{namespace}:epoch".encode()}
+    workers = f"{namespace}:w".encode()
     pattern = match or f"*{namespace}*"
-    return sorted(k for k in raw.scan_iter(match=pattern) if k not in bus)
+    return sorted(k for k in raw.scan_iter(match=pattern)
+                  if k not in bus and not k.startswith(workers))

@@ -1,7 +1,10 @@
 """MessagePack encoding of cache values inside a small typed envelope (never pickle).
 
 Stored bytes are ``[1, expires_at_ms, payload]`` (``[2, expires_at_ms, nil]`` for a cached
-:data:`~fleetcache.core.notfound.NOT_FOUND`), plus an HMAC when signing is on. The
+:data:`~fleetcache.core.notfound.NOT_FOUND`), with the value's tags as a fourth element if
+it has any (``set(..., tags=[...])``: every process that promotes the value learns them, so
+an ``invalidate_tag`` notice finds it in its L1; readers of 0.1 ignore the element), plus an
+HMAC when signing is on. The
 envelope makes foreign bytes fail validation instead of decoding to nonsense
 (``redis-cli SET k 1`` writes ``b"1"``, which plain MessagePack reads as the integer 49),
 and carries the absolute L2 expiry so a
@@ -32,6 +35,14 @@ class _Envelope(msgspec.Struct, array_like=True, frozen=True):
     version: Literal[1, 2]  # 2: a cached NOT_FOUND (negative caching), no data
     expires_at_ms: int
     data: msgspec.Raw
+    tags: tuple[str, ...] = ()
+
+
+#: No tags: what most values carry.
+NO_TAGS: tuple[str, ...] = ()
+
+#: A decoded L2 value: ``(value, expires_at_ms, tags)``.
+Decoded = tuple[Any, int, tuple[str, ...]]
 
 
 class Codec:
@@ -49,8 +60,10 @@ class Codec:
         self._decode_envelope = msgspec.msgpack.Decoder(_Envelope).decode
         self._decode_payload = msgspec.msgpack.Decoder().decode
 
-    def encode(self, key: str, value: Any, expires_at_ms: int) -> bytes:
-        """Envelope bytes for ``value``, or a ``FleetCacheError`` naming key and type.
+    def encode(self, key: str, value: Any, expires_at_ms: int,
+               tags: tuple[str, ...] = NO_TAGS) -> bytes:
+        """Envelope bytes for ``value`` (carrying ``tags``), or a ``FleetCacheError`` naming
+        key and type.
 
         With a signing key, an HMAC-SHA256 of the envelope *and the key* follows it: a
         value cannot be forged, nor copied from one key to another, without the secret.
@@ -59,13 +72,15 @@ class Codec:
         :func:`changed_part`) is refused, so no process ever reads a different thing.
         """
         if value is NOT_FOUND:
-            blob = self._encode((2, expires_at_ms, None))
+            blob = self._encode((2, expires_at_ms, None, tags) if tags else
+                                (2, expires_at_ms, None))
         else:
             changed = changed_part(value, self.strict_types)
             if changed is not None:
                 raise ValueEncodeError(key, type(changed), _why_refused(changed))
             try:
-                blob = self._encode((1, expires_at_ms, value))
+                blob = self._encode((1, expires_at_ms, value, tags) if tags else
+                                    (1, expires_at_ms, value))
             except (TypeError, ValueError, OverflowError, RecursionError) as exc:
                 raise ValueEncodeError(key, culprit(value, exc), str(exc)) from exc
         if self._signing_key is not None:
@@ -75,12 +90,12 @@ class Codec:
         return blob
 
     def encode_and_read_back(
-        self, key: str, value: Any, expires_at_ms: int
+        self, key: str, value: Any, expires_at_ms: int, tags: tuple[str, ...] = NO_TAGS
     ) -> tuple[bytes, Any]:
         """:meth:`encode`, and what every reader will decode from those bytes: the writer
         keeps that, not the caller's object, so it reads what the fleet reads (a tuple as a
         list, a Struct as a dict) and later mutations of the object change nothing."""
-        blob = self.encode(key, value, expires_at_ms)
+        blob = self.encode(key, value, expires_at_ms, tags)
         if value is NOT_FOUND:
             return blob, NOT_FOUND
         body = blob[:-_MAC_SIZE] if self._signing_key is not None else blob
@@ -97,8 +112,9 @@ class Codec:
         """Plain MessagePack (no envelope), for bus messages."""
         return self._encode(obj)
 
-    def decode(self, blob: bytes, key: str = "") -> tuple[Any, int]:
-        """``(value, expires_at_ms)`` from ``key``'s bytes; ``CorruptValueError`` if foreign.
+    def decode(self, blob: bytes, key: str = "") -> Decoded:
+        """``(value, expires_at_ms, tags)`` from ``key``'s bytes; ``CorruptValueError`` if
+        foreign.
 
         With a signing key, bytes whose HMAC does not verify are foreign, however well formed.
         """
@@ -112,8 +128,8 @@ class Codec:
         try:
             env = self._decode_envelope(blob)
             if env.version == 2:
-                return NOT_FOUND, env.expires_at_ms
-            return self._decode_payload(env.data), env.expires_at_ms
+                return NOT_FOUND, env.expires_at_ms, env.tags
+            return self._decode_payload(env.data), env.expires_at_ms, env.tags
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise CorruptValueError(f"not a fleetcache value: {exc}") from exc
 

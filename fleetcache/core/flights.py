@@ -61,7 +61,8 @@ class Fill(Generic[T]):
     ``negative_ttl``, if given, how long a computed ``NOT_FOUND`` is cached (else it is
     not); ``refresh_ahead``, a fraction of ``ttl`` after which a read starts a background
     refresh while the value is still fresh; ``soft_timeout``, how long a caller holding a
-    stale value waits for this process's refresh before taking the stale value."""
+    stale value waits for this process's refresh before taking the stale value; ``tags``,
+    the tags the computed value is stored with (see ``FleetCache.invalidate_tag``)."""
 
     compute: Callable[[], T]
     ttl: float
@@ -70,6 +71,7 @@ class Fill(Generic[T]):
     negative_ttl: float | None = None
     refresh_ahead: float | None = None
     soft_timeout: float | None = None
+    tags: tuple[str, ...] = ()
 
     @property
     def ahead(self) -> float:

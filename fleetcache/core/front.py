@@ -186,14 +186,17 @@ class FleetCache:
 
     def set(
         self, key: str, value: Any, *, ttl: float | None = None,
-        strategy: CacheStrategy | None = None,
+        strategy: CacheStrategy | None = None, tags: Iterable[str] | None = None,
     ) -> None:
         """Store ``value`` in L2 and this process's L1, and drop ``key`` from every other L1.
+
+        ``tags``: names that :meth:`invalidate_tag` later drops this value by (a user id, a
+        table: whatever the value was computed from).
 
         Raises ``ValueEncodeError``/``ValueTooLargeError`` before anything is written, and
         ``BackendError`` if Redis cannot be reached (the fleet could not be told).
         """
-        self._writes.set(key, value, ttl, strategy)
+        self._writes.set(key, value, ttl, strategy, tags)
 
     def add(
         self, key: str, value: Any, *, ttl: float | None = None,
@@ -208,14 +211,15 @@ class FleetCache:
 
     def set_many(
         self, mapping: Mapping[str, Any], *, ttl: float | None = None,
-        strategy: CacheStrategy | None = None,
+        strategy: CacheStrategy | None = None, tags: Iterable[str] | None = None,
     ) -> None:
-        """:meth:`set` for many keys in one round trip, atomically, with one notice.
+        """:meth:`set` for many keys in one round trip, atomically, with one notice; every
+        value carries ``tags``.
 
         Every key and value is checked and encoded first: a bad one raises before anything
         is written. Raises ``BackendError`` if Redis cannot be reached.
         """
-        self._writes.set_many(mapping, ttl, strategy)
+        self._writes.set_many(mapping, ttl, strategy, tags)
 
     def incr(
         self, key: str, delta: int = 1, *, ttl: float | None = None,
@@ -240,6 +244,29 @@ class FleetCache:
         """:meth:`delete` for many keys in one round trip, with one notice; how many existed."""
         return self._writes.delete_many(keys)
 
+    def invalidate_tag(self, tag: str) -> int:
+        """Delete every value written with ``tag`` from L2 and from every process's L1;
+        how many values L2 held.
+
+        One notice for the whole tag (sent before the deletes and again after them), not
+        one per key; L2 is walked with SSCAN in batches of 500, so memory stays bounded for
+        any size. A key rewritten without the tag since is deleted from L2 too (a miss,
+        never a stale read). A value written with the tag during the call may survive in
+        L2 (it is newer than the invalidation). Raises ``BackendError`` if Redis cannot be
+        reached, possibly after some batches: call it again.
+        """
+        return self._writes.invalidate_tag(tag)
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every key starting with ``prefix`` from L2 and every process's L1; how
+        many values L2 held.
+
+        SCAN (never KEYS) in batches of 500, with one notice before and one after, as for
+        :meth:`invalidate_tag`; each process drops the matching keys from its L1 in one
+        pass over it. Raises ``BackendError`` if Redis cannot be reached.
+        """
+        return self._writes.delete_prefix(prefix)
+
     def clear(self) -> int:
         """Delete every value of this namespace and flush every process's L1.
 
@@ -254,6 +281,7 @@ class FleetCache:
         strategy: CacheStrategy | None = None, stale_ttl: float | None = None,
         type: Any = None, negative_ttl: float | None = None,
         refresh_ahead: float | None = None, soft_timeout: float | None = None,
+        tags: Iterable[str] | None = None,
     ) -> T:
         """The cached value of ``key``, or ``compute()``'s result, computed once fleet-wide.
 
@@ -281,6 +309,8 @@ class FleetCache:
         so a key read steadily never goes stale. ``soft_timeout``: a caller that gets a
         stale (or refresh-ahead) answer first waits up to this long for this worker's
         refresh and answers with the new value if it landed.
+
+        ``tags``: the computed value is stored with them, as by :meth:`set`.
         """
         try:
             entry = self._l1_get(key)
@@ -300,7 +330,7 @@ class FleetCache:
         else:
             value = self._flights.get_or_compute(key, Fill(
                 compute, tiers.ttl(ttl, strategy), window, type, negative_ttl, refresh_ahead,
-                soft_timeout))
+                soft_timeout, tiers.check_tags(tags)))
         if type is None or value is NOT_FOUND:
             return value  # type: ignore[no-any-return]
         return tiers.convert(key, value, type)  # type: ignore[no-any-return]

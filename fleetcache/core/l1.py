@@ -56,8 +56,8 @@ from .stats import Counters
 # the sketch. ``usable_until`` is past ``expires_at`` for a value with a stale window
 # (``get_or_compute(stale_ttl=...)``): after ``expires_at`` only :meth:`LocalStore.stale`
 # serves it. ``expires_at`` is -inf for an entry kept through a bus gap for fail-safe only
-# (:meth:`LocalStore.clear`) or held back until a replay (:meth:`LocalStore.suspend`). Readers index the list (VALUE, EXPIRES, COUNT, USABLE) and
-# never replace it.
+# (:meth:`LocalStore.clear`) or held back until a replay (:meth:`LocalStore.suspend`).
+# Readers index the list (VALUE, EXPIRES, COUNT, USABLE) and never replace it.
 Entry = list[Any]
 VALUE: Final = 0
 EXPIRES: Final = 1
@@ -74,9 +74,9 @@ _TOUCHED_LIMIT = 4096  # keys whose last move is remembered; beyond that, a prom
 class LocalStore:
     """Bounded TTL store. ``data`` is read directly by the cache's hit path."""
 
-    __slots__ = ("_age_at", "_counted", "_counters", "_floor", "_gone_hits", "_lock", "_now",
-                 "_sketch", "_suspended", "_touched", "capacity", "data", "fresh_until",
-                 "negative", "seq")
+    __slots__ = ("_age_at", "_counted", "_counters", "_floor", "_gone_hits", "_key_tags",
+                 "_lock", "_now", "_sketch", "_suspended", "_tagged", "_touched", "capacity",
+                 "data", "fresh_until", "negative", "seq")
 
     def __init__(self, capacity: int, clock: Clock = SYSTEM_CLOCK,
                  counters: Counters | None = None) -> None:
@@ -99,6 +99,11 @@ class LocalStore:
         self._touched: dict[str, int] = {}  # key -> seq of its last write or invalidation
         self._floor = 0  # reads noted before this seq may not promote (flush, or pruning)
         self._suspended: _Suspension | None = None
+        # Tags of the entries (values and NOT_FOUND answers) that have any, both ways: an
+        # invalidate_tag notice finds its keys at once. Empty, and never looked at on any
+        # path, for a cache that uses no tags.
+        self._key_tags: dict[str, tuple[str, ...]] = {}
+        self._tagged: dict[str, set[str]] = {}
         # Looked up at call time, so a store made after gevent's monkey-patching gets a
         # greenlet-aware lock (a native lock would block the hub).
         self._lock = threading.Lock()
@@ -112,10 +117,12 @@ class LocalStore:
             return entry
         return None
 
-    def put(self, key: str, value: Any, ttl: float, seq: int, stale_for: float = 0.0) -> bool:
+    def put(self, key: str, value: Any, ttl: float, seq: int, stale_for: float = 0.0, *,
+            tags: tuple[str, ...] = ()) -> bool:
         """Store this process's own write, sent at ``seq``; False if ``key`` moved since
         (then it is dropped instead). Voids concurrent promotions of ``key`` either way.
-        ``stale_for``: seconds past ``ttl`` that :meth:`stale` may still serve it."""
+        ``stale_for``: seconds past ``ttl`` that :meth:`stale` may still serve it; ``tags``:
+        the value's (see :meth:`invalidate_tag`)."""
         with self._lock:
             moved = self._moved(key, seq)
             self._touch(key)
@@ -123,9 +130,10 @@ class LocalStore:
                 self._drop(key)
                 return False
             expires_at = self._now() + ttl
-            return self._insert(key, value, expires_at, expires_at + stale_for)
+            return self._insert(key, value, expires_at, expires_at + stale_for, tags)
 
-    def put_many(self, items: list[tuple[str, Any]], ttl: float, seq: int) -> int:
+    def put_many(self, items: list[tuple[str, Any]], ttl: float, seq: int,
+                 tags: tuple[str, ...] = ()) -> int:
         """:meth:`put` for several keys under one lock; how many were stored."""
         with self._lock:
             expires_at = self._now() + ttl
@@ -135,12 +143,12 @@ class LocalStore:
                 self._touch(key)
                 if moved:
                     self._drop(key)
-                elif self._insert(key, value, expires_at, expires_at):
+                elif self._insert(key, value, expires_at, expires_at, tags):
                     stored += 1
             return stored
 
     def store_if_unchanged(self, key: str, value: Any, ttl: float, seq: int,
-                           stale_for: float = 0.0) -> bool:
+                           stale_for: float = 0.0, *, tags: tuple[str, ...] = ()) -> bool:
         """Promote an L2 read taken at ``seq``; False if ``key`` moved (or L1 was flushed)
         since, or L1 kept its current entries instead (see the module doc). ``ttl`` may be
         negative for a value already stale: then only :meth:`stale` serves it."""
@@ -148,19 +156,19 @@ class LocalStore:
             if self._moved(key, seq):
                 return False
             expires_at = self._now() + ttl
-            return self._insert(key, value, expires_at, expires_at + stale_for)
+            return self._insert(key, value, expires_at, expires_at + stale_for, tags)
 
     def store_many_if_unchanged(
-        self, items: list[tuple[str, Any, float]], seq: int
+        self, items: list[tuple[str, Any, float, tuple[str, ...]]], seq: int
     ) -> int:
-        """Promote ``(key, value, ttl)`` reads taken at ``seq`` under one lock and one clock
-        read; how many were stored (those whose key did not move since)."""
+        """Promote ``(key, value, ttl, tags)`` reads taken at ``seq`` under one lock and one
+        clock read; how many were stored (those whose key did not move since)."""
         with self._lock:
             now = self._now()
             stored = 0
-            for key, value, ttl in items:
+            for key, value, ttl, tags in items:
                 if not self._moved(key, seq) and self._insert(key, value, now + ttl,
-                                                              now + ttl):
+                                                              now + ttl, tags):
                     stored += 1
             return stored
 
@@ -175,9 +183,10 @@ class LocalStore:
             return entry if self.fresh_until == math.inf else None
         return entry if now < self.fresh_until else None
 
-    def put_negative(self, key: str, ttl: float, seq: int) -> bool:
+    def put_negative(self, key: str, ttl: float, seq: int,
+                     tags: tuple[str, ...] = ()) -> bool:
         """Remember that ``key`` has nothing (a cached ``NOT_FOUND`` read or computed at
-        ``seq``) for ``ttl`` seconds; False if ``key`` moved since."""
+        ``seq``, carrying ``tags``) for ``ttl`` seconds; False if ``key`` moved since."""
         with self._lock:
             if self._moved(key, seq):
                 return False
@@ -186,8 +195,10 @@ class LocalStore:
             if negative.pop(key, None) is None and len(negative) >= self.capacity:
                 if not negative:
                     return False  # capacity 0
-                negative.popitem(last=False)
+                self._untag(negative.popitem(last=False)[0])
             negative[key] = self._now() + ttl
+            if tags:
+                self._tag(key, tags)
             return True
 
     def is_negative(self, key: str) -> bool:
@@ -206,6 +217,31 @@ class LocalStore:
             self._touch(key)
             return self._drop(key) | (self.negative.pop(key, None) is not None)
 
+    def invalidate_tag(self, tag: str) -> list[str]:
+        """Drop every entry carrying ``tag``; the keys dropped. Voids every promotion in
+        flight (a read of a value with the tag may be one: its key is not known yet)."""
+        with self._lock:
+            keys = list(self._tagged.get(tag, ()))
+            self._drop_all(keys)
+            return keys
+
+    def invalidate_prefix(self, prefix: str) -> list[str]:
+        """Drop every entry whose key starts with ``prefix``; the keys dropped. O(entries);
+        voids every promotion in flight, as :meth:`invalidate_tag` does."""
+        with self._lock:
+            keys = [k for k in self.data if k.startswith(prefix)]
+            keys += [k for k in self.negative if k.startswith(prefix)]
+            self._drop_all(keys)
+            return keys
+
+    def _drop_all(self, keys: list[str]) -> None:
+        self.seq += 1
+        self._floor = self.seq
+        self._touched.clear()
+        for key in keys:
+            self._drop(key)
+            self.negative.pop(key, None)
+
     def clear(self, gap: bool = False) -> None:
         """Drop everything (and void in-flight promotions). The sketch is kept: what was
         popular before a flush is popular after it.
@@ -218,6 +254,8 @@ class LocalStore:
             self.seq += 1
             self._floor = self.seq
             self._touched.clear()
+            for key in self.negative:
+                self._untag(key)
             self.negative.clear()
             self._suspended = None
             for key, entry in list(self.data.items()):
@@ -264,6 +302,8 @@ class LocalStore:
                 if (len(negative) < self.capacity and key not in data
                         and not self._moved(key, held.seq)):
                     negative.setdefault(key, until)
+                elif key not in data and key not in negative:
+                    self._untag(key)  # not brought back: its tags go with it
 
     @property
     def suspended(self) -> bool:
@@ -296,7 +336,30 @@ class LocalStore:
             self._floor = self.seq  # forgotten moves: refuse every read noted before now
         self._touched[key] = self.seq
 
+    def _tag(self, key: str, tags: tuple[str, ...]) -> None:
+        self._key_tags[key] = tags
+        tagged = self._tagged
+        for tag in tags:
+            keys = tagged.get(tag)
+            if keys is None:
+                tagged[tag] = {key}
+            else:
+                keys.add(key)
+
+    def _untag(self, key: str) -> None:
+        tags = self._key_tags.pop(key, None)
+        if tags:
+            tagged = self._tagged
+            for tag in tags:
+                keys = tagged.get(tag)
+                if keys is not None:
+                    keys.discard(key)
+                    if not keys:
+                        del tagged[tag]
+
     def _drop(self, key: str) -> bool:
+        if self._key_tags:
+            self._untag(key)
         entry = self.data.pop(key, None)
         if entry is None:
             return False
@@ -305,21 +368,26 @@ class LocalStore:
         self._sketch.raise_to(key, count)  # its popularity outlives the entry
         return True
 
-    def _insert(self, key: str, value: Any, expires_at: float, usable_until: float) -> bool:
+    def _insert(self, key: str, value: Any, expires_at: float, usable_until: float,
+                tags: tuple[str, ...] = ()) -> bool:
         """Store ``key``, if it is resident or wins a place (see the module doc)."""
         data = self.data
         if self.negative:
             self.negative.pop(key, None)  # a value now: no longer "nothing"
+        if self._key_tags:
+            self._untag(key)  # the new value's tags replace the old one's
         old = data.get(key)
         if old is not None:  # replaced in place: it keeps its slot and its count
             data[key] = [value, expires_at, old[COUNT], usable_until]
-            return True
-        wanted = self._count_miss(key)
-        if len(data) >= self.capacity and not self._evict_for(wanted):
-            self._counters.l1_rejections += 1
-            return False
-        data[key] = [value, expires_at, wanted, usable_until]
-        self._gone_hits -= wanted  # asked for before it was let in: not hits (see hits())
+        else:
+            wanted = self._count_miss(key)
+            if len(data) >= self.capacity and not self._evict_for(wanted):
+                self._counters.l1_rejections += 1
+                return False
+            data[key] = [value, expires_at, wanted, usable_until]
+            self._gone_hits -= wanted  # asked for before it was let in: not hits
+        if tags:
+            self._tag(key, tags)
         return True
 
     def _count_miss(self, key: str) -> int:

@@ -91,7 +91,7 @@ class ReadPath:
         except BackendError as exc:
             tiers.read_failed(exc)
             blobs = [None] * len(cold)
-        promote: list[tuple[str, Any, float]] = []
+        promote: list[tuple[str, Any, float, tuple[str, ...]]] = []
         l1_ttl = tiers.l1_ttl()
         wall = tiers.clock.time()
         for key, blob in zip(cold, blobs, strict=True):
@@ -103,6 +103,6 @@ class ReadPath:
             value = decoded[0]  # type: ignore[index]
             found[key] = value
             counters.l2_hits += 1
-            promote.append((key, value, min(l1_ttl, left)))
+            promote.append((key, value, min(l1_ttl, left), decoded[2]))  # type: ignore[index]
         counters.promotions += l1.store_many_if_unchanged(promote, seq)
         return found

@@ -106,7 +106,8 @@ class Refresher:
             return  # gone (deleted, or past its window): nothing to refresh or resurrect
         left = tiers.fresh_left(decoded[1])
         if left > fill.ahead:  # refreshed meanwhile, or only this process's copy was old
-            tiers.keep(key, decoded[0], left, seq, stale_ttl=fill.stale_ttl, ahead=fill.ahead)
+            tiers.keep(key, decoded[0], left, seq, stale_ttl=fill.stale_ttl, ahead=fill.ahead,
+                       tags=decoded[2])
             return
         assert blob is not None
         lock = proc.fill_lock(key)

@@ -131,10 +131,11 @@ class SingleFlight:
                 flight.progressed()
                 return self._compute_locked(proc, lock, key, fill, seq=seq)
             if decoded is not None and decoded[0] is NOT_FOUND and left > 0:
-                tiers.l1.put_negative(key, min(left, tiers.l1_ttl()), seq)
+                tiers.l1.put_negative(key, min(left, tiers.l1_ttl()), seq, decoded[2])
                 return cast(T, NOT_FOUND)
             if decoded is not None and left > -stale_ttl:  # fresh, or stale in its window
-                tiers.keep(key, decoded[0], left, seq, stale_ttl=stale_ttl, ahead=fill.ahead)
+                tiers.keep(key, decoded[0], left, seq, stale_ttl=stale_ttl, ahead=fill.ahead,
+                           tags=decoded[2])
                 if left > fill.ahead:
                     return decoded[0]  # type: ignore[no-any-return]
                 if left <= 0:
@@ -217,11 +218,13 @@ class SingleFlight:
         value = self._readable(key, self.run(fill.compute), fill.ttl)
         if value is NOT_FOUND:
             if fill.negative_ttl is not None:
-                tiers.l1.put_negative(key, min(fill.negative_ttl, tiers.l1_ttl()), seq)
+                tiers.l1.put_negative(key, min(fill.negative_ttl, tiers.l1_ttl()), seq,
+                                      fill.tags)
             return cast(T, value)
         if fill.type is not None:
             tiers.convert(key, value, fill.type)  # raises before L1 keeps a misfit
-        tiers.keep(key, value, fill.ttl, seq, stale_ttl=fill.stale_ttl, ahead=fill.ahead)
+        tiers.keep(key, value, fill.ttl, seq, stale_ttl=fill.stale_ttl, ahead=fill.ahead,
+                   tags=fill.tags)
         return value  # type: ignore[no-any-return]
 
     def run(self, compute: Callable[[], T]) -> T:
@@ -270,25 +273,26 @@ class SingleFlight:
             if fill.negative_ttl is None:
                 return False, value  # "nothing", not cached: the next caller asks again
             ttl, stale_ttl = tiers.jitter(fill.negative_ttl), 0.0
+        tags = fill.tags
         try:
-            blob, served = tiers.encode(key, value, ttl)
+            blob, served = tiers.encode(key, value, ttl, tags)
         except (ValueEncodeError, ValueTooLargeError) as exc:
             self._uncacheable(key, exc)
-            tiers.keep(key, value, ttl, seq, stale_ttl=stale_ttl, ahead=fill.ahead)
+            tiers.keep(key, value, ttl, seq, stale_ttl=stale_ttl, ahead=fill.ahead, tags=tags)
             return False, value
         if fill.type is not None and value is not NOT_FOUND:  # what every reader will
             tiers.convert(key, served, fill.type)  # convert: it must fit first
         try:
             outcome = proc.l2.store_fill(key, blob, int((ttl + stale_ttl) * 1000), lock,
-                                         proc.bus.message(key), refresh=refresh)
+                                         proc.bus.message(key), refresh=refresh, tags=tags)
         except BackendError as exc:
             tiers.read_failed(exc)
             return False, served
         if outcome is FillOutcome.STORED and value is NOT_FOUND:
-            tiers.l1.put_negative(key, min(ttl, tiers.l1_ttl()), seq)
+            tiers.l1.put_negative(key, min(ttl, tiers.l1_ttl()), seq, tags)
         elif outcome is FillOutcome.STORED:
             tiers.keep(key, served, ttl, seq, stale_ttl=stale_ttl, ahead=fill.ahead,
-                       written=True)
+                       written=True, tags=tags)
         elif outcome is FillOutcome.REVOKED:
             tiers.counters.fills_revoked += 1
             took = time.monotonic() - started

@@ -20,7 +20,7 @@ import redis
 
 from ..redis.keys import KeyLayout
 from .clock import Clock
-from .codec import Codec
+from .codec import NO_TAGS, Codec, Decoded
 from .config import MAX_TTL, CacheConfig, env_url
 from .errors import (
     CacheClosedError,
@@ -109,6 +109,21 @@ class Tiers:
             proc.wake_waiter(key)
             proc.throttled.pop(key, None)
 
+    def invalidate_tag(self, tag: str) -> None:
+        """Another process invalidated ``tag``: drop every entry carrying it."""
+        self._dropped(self.l1.invalidate_tag(tag))
+
+    def invalidate_prefix(self, prefix: str) -> None:
+        """Another process deleted every key starting with ``prefix``."""
+        self._dropped(self.l1.invalidate_prefix(prefix))
+
+    def _dropped(self, keys: Iterable[str]) -> None:
+        proc = self._proc
+        if proc is not None:
+            for key in keys:
+                proc.wake_waiter(key)
+                proc.throttled.pop(key, None)
+
     def flush(self, gap: bool) -> None:
         """Drop L1 (see :meth:`LocalStore.clear`)."""
         self.l1.clear(gap)
@@ -157,7 +172,7 @@ class Tiers:
         if left <= 0:
             return MISSING
         value = decoded[0]  # type: ignore[index]
-        if self.keep(key, value, left, seq):
+        if self.keep(key, value, left, seq, tags=decoded[2]):  # type: ignore[index]
             self.counters.promotions += 1
         return value
 
@@ -171,7 +186,7 @@ class Tiers:
             raise ValueTypeError(key, expected, str(exc)) from exc
 
     @staticmethod
-    def servable_left(decoded: tuple[Any, int] | None, wall: float) -> float:
+    def servable_left(decoded: Decoded | None, wall: float) -> float:
         """Seconds a decoded L2 reply may still serve a plain read at ``wall``: <= 0 for
         nothing, a stale value (only ``get_or_compute`` with ``stale_ttl`` serves those) or
         a cached ``NOT_FOUND`` (a miss for plain reads)."""
@@ -184,24 +199,27 @@ class Tiers:
         return expires_at_ms / 1000.0 - self.clock.time()
 
     def keep(self, key: str, value: Any, left: float, seq: int, *, stale_ttl: float = 0.0,
-             ahead: float = 0.0, written: bool = False) -> bool:
+             ahead: float = 0.0, written: bool = False,
+             tags: tuple[str, ...] = NO_TAGS) -> bool:
         """Put a value read (or computed) at ``seq`` into L1, with ``left`` seconds of
         freshness (negative: stale already) and a ``stale_ttl`` window after that, unless an
         invalidation raced it; whether L1 took it. With ``ahead`` (refresh-ahead), L1's
         hits end that long before the fresh end: from then on the stale path serves the
         entry and asks for a refresh. ``written``: this process just stored ``value`` in L2
         (a fill or a refresh): kept as its own write is, so that a concurrent read of the
-        older value cannot promote it over this one."""
+        older value cannot promote it over this one. ``tags``: the value's, so that an
+        ``invalidate_tag`` notice finds it."""
         ttl = min(self.l1_ttl(), left - ahead)
         stale_for = left + stale_ttl - ttl if stale_ttl > 0 or ahead > 0 else 0.0
         if ttl + stale_for <= 0:
             return False
         if written:
-            return self.l1.put(key, value, ttl, seq, stale_for)
-        return self.l1.store_if_unchanged(key, value, ttl, seq, stale_for)
+            return self.l1.put(key, value, ttl, seq, stale_for, tags=tags)
+        return self.l1.store_if_unchanged(key, value, ttl, seq, stale_for, tags=tags)
 
-    def decode(self, key: str, blob: bytes | None) -> tuple[Any, int] | None:
-        """``(value, expires_at_ms)`` of an L2 reply; None if absent, corrupt or foreign."""
+    def decode(self, key: str, blob: bytes | None) -> Decoded | None:
+        """``(value, expires_at_ms, tags)`` of an L2 reply; None if absent, corrupt or
+        foreign."""
         if blob is None:
             return None
         try:
@@ -213,11 +231,12 @@ class Tiers:
                                "miss (%s); further ones are only counted", key, exc)
             return None
 
-    def encode(self, key: str, value: Any, ttl: float) -> tuple[bytes, Any]:
+    def encode(self, key: str, value: Any, ttl: float,
+               tags: tuple[str, ...] = NO_TAGS) -> tuple[bytes, Any]:
         """Envelope bytes for ``value`` expiring ``ttl`` seconds from now (wall clock), and
         the value every reader will decode from them (what the writer serves too)."""
         return self.codec.encode_and_read_back(
-            key, value, int((self.clock.time() + ttl) * 1000))
+            key, value, int((self.clock.time() + ttl) * 1000), tags)
 
     def read_failed(self, exc: BaseException) -> None:
         """Count a failed read (served as a miss) and log it, rate-limited."""
@@ -230,18 +249,39 @@ class Tiers:
     def check_key(self, key: object) -> None:
         """``InvalidKeyError`` unless ``key`` is a non-empty str within ``max_key_length``
         that encodes as UTF-8 (what Redis stores)."""
-        if not isinstance(key, str) or not key:
-            raise InvalidKeyError(f"cache keys are non-empty str, got {key!r:.80}")
-        if len(key) > self.config.max_key_length:
+        self.check_name("key", key)
+
+    def check_name(self, what: str, name: object) -> None:
+        """:meth:`check_key` for a key, a tag or a prefix (``what`` names it)."""
+        if not isinstance(name, str) or not name:
+            raise InvalidKeyError(f"cache {what}s are non-empty str, got {name!r:.80}")
+        if len(name) > self.config.max_key_length:
             raise InvalidKeyError(
-                f"key of {len(key)} characters exceeds max_key_length="
-                f"{self.config.max_key_length}: {key[:40]!r}..."
+                f"{what} of {len(name)} characters exceeds max_key_length="
+                f"{self.config.max_key_length}: {name[:40]!r}..."
             )
-        if not key.isascii():
+        if not name.isascii():
             try:
-                key.encode()
+                name.encode()
             except UnicodeEncodeError:  # a lone surrogate: Redis keys are UTF-8 bytes
-                raise InvalidKeyError(f"key is not valid UTF-8 text: {key!r:.80}") from None
+                raise InvalidKeyError(f"{what} is not valid UTF-8 text: {name!r:.80}") from None
+
+    def check_tags(self, tags: Iterable[str] | None) -> tuple[str, ...]:
+        """``tags`` of a write as a tuple without duplicates, each a non-empty str within
+        ``max_key_length``; a lone ``str`` is refused (its characters are no tags)."""
+        if tags is None:
+            return NO_TAGS
+        if isinstance(tags, str | bytes):
+            raise InvalidArgumentError(
+                f"give a list of tags, not a single {type(tags).__name__}: {tags!r:.40}")
+        try:
+            found = tuple(dict.fromkeys(tags))
+        except TypeError:
+            raise InvalidArgumentError(
+                f"tags must be an iterable of str, got {type(tags).__name__}") from None
+        for tag in found:
+            self.check_name("tag", tag)
+        return found
 
     def key_list(self, keys: Iterable[str]) -> list[str]:
         """``keys`` of a bulk call as a sequence, each checked; a lone ``str`` is refused

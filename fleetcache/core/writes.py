@@ -1,4 +1,5 @@
-"""The five writes: each sends its change and its invalidation notice in one script.
+"""The writes: each sends its change and its invalidation notice in one script (a tag's or
+a prefix's deletes go in batches, between two notices).
 
 Every key and value is checked and encoded before anything is written. A write that could
 not reach Redis raises (the fleet could not be told) and drops the writer's own L1 entry,
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .codec import NO_TAGS
 from .errors import BackendError, CorruptValueError, InvalidArgumentError
 from .strategy import CacheStrategy
 from .tiers import Tiers
@@ -18,7 +20,8 @@ _INCR_ATTEMPTS = 32  # compare-and-set rounds lost to concurrent writers before 
 
 
 class Writes:
-    """``set``, ``add``, ``set_many``, ``delete``, ``delete_many`` and ``clear``."""
+    """``set``, ``add``, ``set_many``, ``incr``, ``delete``, ``delete_many``, ``clear``,
+    ``invalidate_tag`` and ``delete_prefix``."""
 
     __slots__ = ("_tiers",)
 
@@ -26,32 +29,35 @@ class Writes:
         self._tiers = tiers
 
     def _prepare(
-        self, key: str, value: Any, ttl: float | None, strategy: CacheStrategy | None
+        self, key: str, value: Any, ttl: float | None, strategy: CacheStrategy | None,
+        tags: tuple[str, ...] = NO_TAGS,
     ) -> tuple[float, bytes, Any]:
         """Validate and encode before anything is written: ``(ttl seconds, blob, value as
         every reader will decode it)``."""
         tiers = self._tiers
         tiers.check_key(key)
         seconds = tiers.ttl(ttl, strategy)
-        return (seconds, *tiers.encode(key, value, seconds))
+        return (seconds, *tiers.encode(key, value, seconds, tags))
 
     def set(self, key: str, value: Any, ttl: float | None,
-            strategy: CacheStrategy | None) -> None:
+            strategy: CacheStrategy | None, tags: Iterable[str] | None = None) -> None:
         tiers = self._tiers
-        seconds, blob, value = self._prepare(key, value, ttl, strategy)
+        tag_list = tiers.check_tags(tags)
+        seconds, blob, value = self._prepare(key, value, ttl, strategy, tag_list)
         proc = tiers.process()
         l1 = tiers.l1
         with proc.writes.hold(key):
             seq = l1.seq
             try:
-                proc.l2.set_and_publish(key, blob, int(seconds * 1000), proc.bus.message(key))
+                proc.l2.set_and_publish(key, blob, int(seconds * 1000), proc.bus.message(key),
+                                        tags=tag_list)
             except BackendError:
                 l1.invalidate(key)  # unknown outcome: never keep the old value locally
                 raise
             tiers.counters.invalidations_sent += 1
             # A newer write from elsewhere may have landed (and its notice been applied)
             # between our SET and its reply: then ours is not the current value.
-            l1.put(key, value, min(seconds, tiers.l1_ttl()), seq)
+            l1.put(key, value, min(seconds, tiers.l1_ttl()), seq, tags=tag_list)
 
     def add(self, key: str, value: Any, ttl: float | None,
             strategy: CacheStrategy | None) -> bool:
@@ -70,8 +76,9 @@ class Writes:
         return stored
 
     def set_many(self, mapping: Mapping[str, Any], ttl: float | None,
-                 strategy: CacheStrategy | None) -> None:
+                 strategy: CacheStrategy | None, tags: Iterable[str] | None = None) -> None:
         tiers = self._tiers
+        tag_list = tiers.check_tags(tags)
         requested = tiers.requested_ttl(ttl, strategy)
         blobs: list[tuple[str, bytes, int]] = []
         items: list[tuple[str, Any]] = []  # as every reader will decode them
@@ -80,7 +87,7 @@ class Writes:
             tiers.check_key(key)
             own = tiers.jitter(requested)  # its own TTL: keys written together expire apart
             seconds = min(seconds, own)
-            blob, decoded = tiers.encode(key, value, own)
+            blob, decoded = tiers.encode(key, value, own, tag_list)
             blobs.append((key, blob, int(own * 1000)))
             items.append((key, decoded))
         if not items:
@@ -89,13 +96,13 @@ class Writes:
         seq = tiers.l1.seq
         keys = [key for key, _ in items]
         try:
-            proc.l2.set_many_and_publish(blobs, proc.bus.message(keys))
+            proc.l2.set_many_and_publish(blobs, proc.bus.message(keys), tag_list)
         except BackendError:
             for key in keys:
                 tiers.l1.invalidate(key)  # unknown outcome: never keep old values locally
             raise
         tiers.counters.invalidations_sent += len(items)
-        tiers.l1.put_many(items, min(seconds, tiers.l1_ttl()), seq)
+        tiers.l1.put_many(items, min(seconds, tiers.l1_ttl()), seq, tag_list)
 
     def incr(self, key: str, delta: int, ttl: float | None,
              strategy: CacheStrategy | None) -> int:
@@ -140,7 +147,7 @@ class Writes:
         if blob is None:
             return 0, default
         try:
-            current, expires_at_ms = tiers.codec.decode(blob, key)
+            current, expires_at_ms, _ = tiers.codec.decode(blob, key)
         except CorruptValueError as exc:
             raise InvalidArgumentError(
                 f"cannot increment {key!r}: it holds bytes that are not a fleetcache value "
@@ -180,6 +187,28 @@ class Writes:
                 tiers.l1.invalidate(key)
         tiers.counters.invalidations_sent += len(keys)
         return existed
+
+    def invalidate_tag(self, tag: str) -> int:
+        tiers = self._tiers
+        tiers.check_name("tag", tag)
+        proc = tiers.process()
+        try:
+            deleted = proc.l2.invalidate_tag(tag, proc.bus.message({"t": tag}))
+        finally:
+            tiers.invalidate_tag(tag)  # after the deletes, for the same reason as in delete()
+        tiers.counters.invalidations_sent += 1
+        return deleted
+
+    def delete_prefix(self, prefix: str) -> int:
+        tiers = self._tiers
+        tiers.check_name("prefix", prefix)
+        proc = tiers.process()
+        try:
+            deleted = proc.l2.delete_prefix(prefix, proc.bus.message({"p": prefix}))
+        finally:
+            tiers.invalidate_prefix(prefix)  # after the deletes, as in delete()
+        tiers.counters.invalidations_sent += 1
+        return deleted
 
     def clear(self) -> int:
         tiers = self._tiers

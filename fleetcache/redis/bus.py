@@ -50,7 +50,7 @@ from ..core.clock import Clock
 from ..core.codec import Codec
 from ..core.config import CacheConfig
 from ..core.errors import CorruptValueError
-from ..core.protocols import BusReceiver
+from ..core.protocols import BusReceiver, Target
 from ..core.stats import Counters
 from .replay import Identity, Position, ReplayLog, parse_position
 
@@ -100,9 +100,10 @@ class InvalidationBus:
         self._identity: Identity | None = None
         self._suspended_at: float | None = None
 
-    def message(self, key: str | list[str] | None) -> bytes:
-        """The notice for ``key`` (a list: several keys; None: flush everything), tagged
-        with our sender id.
+    def message(self, key: Target) -> bytes:
+        """The notice for ``key`` (a list: several keys; None: flush everything; a dict: a
+        tag or a prefix, see :data:`~fleetcache.core.protocols.Target`), with our sender
+        id.
 
         Every notice invalidates, fills included: a value can vanish from L2 without one
         (FLUSHDB, maxmemory eviction), and then another process may still hold the old
@@ -235,6 +236,9 @@ class InvalidationBus:
             counters.invalidations_received += 1
             self._flush(False)
             return
+        if isinstance(key, dict):
+            self._apply_group(key, replayed)
+            return
         keys = [key] if isinstance(key, str) else key
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             self._unreadable()
@@ -244,6 +248,20 @@ class InvalidationBus:
             counters.invalidations_replayed += len(keys)
         for k in keys:
             self._receiver.invalidate(k)
+
+    def _apply_group(self, target: dict[Any, Any], replayed: bool) -> None:
+        """A tag's or a prefix's notice (``{"t": tag}`` / ``{"p": prefix}``)."""
+        ((kind, name),) = target.items() if len(target) == 1 else ((None, None),)
+        if not isinstance(name, str) or kind not in ("t", "p"):
+            self._unreadable()
+            return
+        self._counters.invalidations_received += 1
+        if replayed:
+            self._counters.invalidations_replayed += 1
+        if kind == "t":
+            self._receiver.invalidate_tag(name)
+        else:
+            self._receiver.invalidate_prefix(name)
 
     def _unreadable(self) -> None:
         # Another version mid-deploy, a stray publisher: it may have been an invalidation,

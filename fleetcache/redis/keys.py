@@ -30,8 +30,24 @@ class KeyLayout:
     channel       ``{ns}:inv``                                the same
     replay log    ``{ns}:log``                                the same
     epoch         ``{ns}:epoch``                              the same
+    tag set       ``{ns}:t:{tag}``                            the same
     stream        ``{ns}:s:{name}``                           the same
+    workers       ``{ns}:w`` (hash, field ``{host}:{pid}``)   ``{ns}:w:{{ns}:w}``
+    worker TTLs   ``{ns}:w:live`` (sorted set)                ``{ns}:w:live:{{ns}:w}``
+    folded        ``{ns}:w:folded`` (sorted set)              ``{ns}:w:folded:{{ns}:w}``
+    retired       ``{ns}:w:retired`` (hash)                   ``{ns}:w:retired:{{ns}:w}``
     ============  ==========================================  ==========================
+
+    The four ``w`` names are the fleet view (:mod:`fleetcache.observe.registry`): every
+    worker's stats snapshot, when each snapshot dies, the workers recently declared dead,
+    and per-host totals of the workers gone. One script touches all four, so with hash
+    tags they share one tag.
+
+    A tag set holds the keys written with that tag (``set(..., tags=[...])``), until
+    ``invalidate_tag`` empties it or it expires (it lives as long as its longest-lived
+    member was written for). A key rewritten without the tag stays in the set: invalidating
+    the tag then deletes that value from L2 too, never serving anything stale, at worst
+    one more miss.
     """
 
     namespace: str
@@ -43,6 +59,11 @@ class KeyLayout:
     epoch: str = field(init=False)
     _lock_prefix: str = field(init=False)
     _stream_prefix: str = field(init=False)
+    _tag_prefix: str = field(init=False)
+    workers: str = field(init=False)
+    workers_live: str = field(init=False)
+    workers_folded: str = field(init=False)
+    retired: str = field(init=False)
 
     def __post_init__(self) -> None:
         ns = self.namespace
@@ -56,9 +77,15 @@ class KeyLayout:
         # namespace was flushed from outside (FLUSHALL, a restart without persistence).
         set_(self, "log", f"{ns}:log")
         set_(self, "epoch", f"{ns}:epoch")
+        # The fleet view (fleetcache.observe): one slot for the four under hash tags.
+        fleet_tag = "{" + ns + ":w}" if self.hash_tags else ""
+        for attr, name in (("workers", "w"), ("workers_live", "w:live"),
+                           ("workers_folded", "w:folded"), ("retired", "w:retired")):
+            set_(self, attr, f"{ns}:{name}:{fleet_tag}" if fleet_tag else f"{ns}:{name}")
         set_(self, "lease_prefix", f"{ns}:f:")
         set_(self, "_lock_prefix", f"{ns}:lock:")
         set_(self, "_stream_prefix", f"{ns}:s:")
+        set_(self, "_tag_prefix", f"{ns}:t:")
 
     def _tagged(self, key: str) -> str:
         return "{" + self.namespace + ":" + key + "}" if self.hash_tags else key
@@ -84,3 +111,24 @@ class KeyLayout:
     def stream(self, name: str) -> str:
         """The Redis key of the stream ``name``."""
         return self._stream_prefix + name
+
+    def tag(self, tag: str) -> str:
+        """The Redis set of the keys written with ``tag``."""
+        return self._tag_prefix + tag
+
+    def value_match(self, prefix: str) -> str:
+        """A SCAN ``MATCH`` pattern for the values of every key starting with ``prefix``
+        (glob characters in the names escaped, so it matches nothing else)."""
+        start = self.value_prefix + ("{" + self.namespace + ":" if self.hash_tags else "")
+        return glob_escape(start + prefix) + "*"
+
+    def key_of(self, value_name: str) -> str:
+        """The cache key whose value lives under ``value_name`` (the inverse of
+        :meth:`value`)."""
+        key = value_name[len(self.value_prefix):]
+        return key[len(self.namespace) + 2:-1] if self.hash_tags else key
+
+
+def glob_escape(text: str) -> str:
+    """Escape SCAN MATCH metacharacters so a pattern never matches other names."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

@@ -12,7 +12,7 @@ redis-py twice the CPU (five replies), which a CPU-bound worker pays on every wr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import redis
@@ -20,7 +20,7 @@ import redis
 from ..core.errors import BackendError
 from ..core.protocols import FillLock, FillOutcome
 from .errors import mapped_errors
-from .keys import KeyLayout
+from .keys import KeyLayout, glob_escape
 from .lane import CommandLane
 
 _DISCARD = """
@@ -94,18 +94,34 @@ local function notify()
 end
 """
 
-# KEYS: value, lock, lease, log; ARGV: blob, ms, token, "refresh" or "", notify's four.
+# Tags: a write with tags adds its key to each tag's set (KeyLayout.tag), whose life is
+# raised to the value's if shorter (a set without expiry keeps none). The tag sets' KEYS
+# come after the script's own, before the log; the key itself is in ARGV (a set holds
+# cache keys, not Redis names: invalidate_tag maps them back through the layout).
+_TAG = """
+local function tag(first, member, ms)
+  for i = first, #KEYS - 1 do
+    local left = redis.call('PTTL', KEYS[i])
+    redis.call('SADD', KEYS[i], member)
+    if left ~= -1 and left < tonumber(ms) then redis.call('PEXPIRE', KEYS[i], ms) end
+  end
+end
+"""
+
+# KEYS: value, lock, lease, tag sets, log; ARGV: blob, ms, token, "refresh" or "", the key
+# (if tagged), notify's four.
 # Releases the lock (pottery's compare-and-delete) whatever happens; stores only under a
 # live lease and, unless it is a refresh (which replaces the stale value its lease was
 # taken on), only where L2 holds nothing (a set() during the compute is newer, and revoked
 # the lease anyway). Reply {stored, released, leased}.
-_STORE_FILL = _NOTIFY + """
+_STORE_FILL = _NOTIFY + _TAG + """
 local released = 0
 if redis.call('GET', KEYS[2]) == ARGV[3] then released = redis.call('DEL', KEYS[2]) end
 if redis.call('SREM', KEYS[3], ARGV[3]) == 0 then return {0, released, 0} end
 if ARGV[4] ~= 'refresh' and redis.call('EXISTS', KEYS[1]) == 1 then return {0, released, 1} end
 notify()
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+tag(4, ARGV[5], ARGV[2])
 return {1, released, 1}
 """
 
@@ -120,12 +136,14 @@ if tonumber(ARGV[2]) > 0 then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return redis.call('DEL', KEYS[1])
 """
 
-# KEYS: value, lease, log; ARGV: blob, ms, "NX" or "", notify's four. Reply 1 if stored.
-_SET_PUBLISH = _NOTIFY + """
+# KEYS: value, lease, tag sets, log; ARGV: blob, ms, "NX" or "", the key (if tagged),
+# notify's four. Reply 1 if stored.
+_SET_PUBLISH = _NOTIFY + _TAG + """
 if ARGV[3] == 'NX' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 notify()
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('DEL', KEYS[2])
+tag(3, ARGV[4], ARGV[2])
 return 1
 """
 
@@ -139,14 +157,20 @@ redis.call('DEL', KEYS[2])
 return 1
 """
 
-# KEYS: n values, then their n leases, then the log; ARGV: a blob and its ms per key (each
-# its own TTL: see ttl_jitter), then notify's four (one notice for all).
-_SET_MANY_PUBLISH = _NOTIFY + """
-local n = (#KEYS - 1) / 2
+# KEYS: n values, then their n leases, then tag sets, then the log; ARGV: n, a blob and its
+# ms per key (each its own TTL: see ttl_jitter), the n keys if tagged, then notify's four
+# (one notice for all).
+_SET_MANY_PUBLISH = _NOTIFY + _TAG + """
+local n = tonumber(ARGV[1])
 notify()
 for i = 1, n do
-  redis.call('SET', KEYS[i], ARGV[2 * i - 1], 'PX', ARGV[2 * i])
+  redis.call('SET', KEYS[i], ARGV[2 * i], 'PX', ARGV[2 * i + 1])
   redis.call('DEL', KEYS[n + i])
+end
+if #KEYS > 2 * n + 1 then
+  local longest = 0
+  for i = 1, n do longest = math.max(longest, tonumber(ARGV[2 * i + 1])) end
+  for i = 1, n do tag(2 * n + 1, ARGV[2 * n + 1 + i], longest) end
 end
 return n
 """
@@ -164,19 +188,36 @@ end
 return deleted
 """
 
-# KEYS: the log; ARGV: notify's four. A notice with no write (clear()'s flush).
+# KEYS: the log; ARGV: notify's four. A notice with no write (clear()'s flush, and the
+# notices around invalidate_tag's and delete_prefix's batches).
 _PUBLISH = _NOTIFY + """
 notify()
 return 1
+"""
+
+# KEYS: n values, their n leases, and the tag set they were found in (if any); ARGV: the n
+# keys (for SREM from the tag set). One batch of invalidate_tag or delete_prefix: its
+# notices go out around the batches (RedisStore.delete_batches). Reply: values deleted.
+_DELETE_BATCH = """
+local n = #ARGV
+local deleted = 0
+for i = 1, n do
+  deleted = deleted + redis.call('DEL', KEYS[i])
+  redis.call('DEL', KEYS[n + i])
+end
+if #KEYS > 2 * n then
+  for i = 1, n do redis.call('SREM', KEYS[2 * n + 1], ARGV[i]) end
+end
+return deleted
 """
 
 
 class RedisStore:
     """The cache's Redis commands, every name taken from one :class:`KeyLayout`."""
 
-    __slots__ = ("_abandon_fill", "_check_and_set", "_delete", "_discard", "_fetch_or_lock",
-                 "_lane", "_lease_ms", "_lock_stale", "_log", "_publish", "_set", "_set_many",
-                 "_store_fill", "client", "keys")
+    __slots__ = ("_abandon_fill", "_check_and_set", "_delete", "_delete_batch", "_discard",
+                 "_fetch_or_lock", "_lane", "_lease_ms", "_lock_stale", "_log", "_publish",
+                 "_set", "_set_many", "_store_fill", "client", "keys")
 
     def __init__(self, client: redis.Redis, keys: KeyLayout, lane: CommandLane,
                  fill_lease_ms: int, *, log_length: int = 0, log_age_ms: int = 0) -> None:
@@ -196,6 +237,7 @@ class RedisStore:
         self._set_many = client.register_script(_SET_MANY_PUBLISH)
         self._delete = client.register_script(_DELETE_PUBLISH)
         self._publish = client.register_script(_PUBLISH)
+        self._delete_batch = client.register_script(_DELETE_BATCH)
 
     def _notify(self, message: bytes) -> tuple[str | bytes | int, ...]:
         """The four arguments every notifying script ends with (see ``_NOTIFY``)."""
@@ -255,15 +297,17 @@ class RedisStore:
             return bool(self._lane.run_script(self._discard, [self.keys.value(key)], [blob]))
 
     def set_and_publish(
-        self, key: str, blob: bytes, ttl_ms: int, message: bytes, *, only_if_absent: bool = False
+        self, key: str, blob: bytes, ttl_ms: int, message: bytes, *,
+        only_if_absent: bool = False, tags: Sequence[str] = (),
     ) -> bool:
-        """SET (NX for ``add``), revoke fills, and, if stored, PUBLISH ``message``; False if
-        NX lost."""
+        """SET (NX for ``add``), revoke fills, add ``key`` to its ``tags``' sets, and, if
+        stored, PUBLISH ``message``; False if NX lost."""
         keys = self.keys
         with mapped_errors("SET"):
             return bool(self._lane.run_script(
-                self._set, [keys.value(key), keys.lease(key), keys.log],
-                [blob, ttl_ms, "NX" if only_if_absent else "", *self._notify(message)]))
+                self._set, [keys.value(key), keys.lease(key), *map(keys.tag, tags), keys.log],
+                [blob, ttl_ms, "NX" if only_if_absent else "", *([key] if tags else ()),
+                 *self._notify(message)]))
 
     def check_and_set(
         self, key: str, expected: bytes | None, blob: bytes, ttl_ms: int, message: bytes
@@ -278,16 +322,18 @@ class RedisStore:
 
     def store_fill(
         self, key: str, blob: bytes, ttl_ms: int, lock: FillLock, message: bytes, *,
-        refresh: bool = False,
+        refresh: bool = False, tags: Sequence[str] = (),
     ) -> FillOutcome:
-        """Store a computed value under its lease, release ``lock``, and send ``message``
-        if stored. A ``refresh`` (lease taken by :meth:`lock_stale`) replaces the value."""
+        """Store a computed value under its lease (adding ``key`` to its ``tags``' sets),
+        release ``lock``, and send ``message`` if stored. A ``refresh`` (lease taken by
+        :meth:`lock_stale`) replaces the value."""
         keys = self.keys
         with mapped_errors("SET"):
             stored, released, leased = self._lane.run_script(
-                self._store_fill, [keys.value(key), lock.key, keys.lease(key), keys.log],
+                self._store_fill,
+                [keys.value(key), lock.key, keys.lease(key), *map(keys.tag, tags), keys.log],
                 [blob, ttl_ms, lock.token, "refresh" if refresh else "",
-                 *self._notify(message)])
+                 *([key] if tags else ()), *self._notify(message)])
         lock.released(released)
         if stored:
             return FillOutcome.STORED
@@ -308,17 +354,20 @@ class RedisStore:
         lock.released(released)
 
     def set_many_and_publish(
-        self, blobs: Sequence[tuple[str, bytes, int]], message: bytes
+        self, blobs: Sequence[tuple[str, bytes, int]], message: bytes,
+        tags: Sequence[str] = (),
     ) -> None:
-        """SET every ``(key, blob, ttl_ms)`` and PUBLISH one ``message`` naming them all,
-        atomically."""
-        args: list[Any] = []
+        """SET every ``(key, blob, ttl_ms)``, add each key to the ``tags``' sets, and
+        PUBLISH one ``message`` naming them all, atomically."""
+        names = [key for key, _, _ in blobs]
+        args: list[Any] = [len(blobs)]
         for _, blob, ttl_ms in blobs:
             args += (blob, ttl_ms)
+        if tags:
+            args += names
         args += self._notify(message)
         with mapped_errors("SET"):
-            self._lane.run_script(self._set_many,
-                                  self._with_leases([key for key, _, _ in blobs]), args)
+            self._lane.run_script(self._set_many, self._with_leases(names, tags), args)
 
     def delete_and_publish(self, keys: Sequence[str], message: bytes) -> int:
         """DEL ``keys`` (revoking fills) and PUBLISH ``message`` atomically; how many
@@ -327,9 +376,10 @@ class RedisStore:
             return int(self._lane.run_script(self._delete, self._with_leases(keys),
                                              self._notify(message)))
 
-    def _with_leases(self, keys: Sequence[str]) -> list[str]:
+    def _with_leases(self, keys: Sequence[str], tags: Sequence[str] = ()) -> list[str]:
         layout = self.keys
-        return [*map(layout.value, keys), *map(layout.lease, keys), layout.log]
+        return [*map(layout.value, keys), *map(layout.lease, keys), *map(layout.tag, tags),
+                layout.log]
 
     def clear_and_publish(self, message: bytes, batch: int = 500) -> int:
         """Revoke every fill, delete every value of this namespace (SCAN, never KEYS), then
@@ -344,10 +394,55 @@ class RedisStore:
             self._publish(keys=[self.keys.log], args=self._notify(message))
         return deleted
 
+    def invalidate_tag(self, tag: str, message: bytes, batch: int = 500) -> int:
+        """Delete every value in ``tag``'s set (and its fill leases), in batches of
+        ``batch`` (SSCAN: bounded memory however large the set), with ``message`` sent
+        before the first batch and after the last; how many values existed."""
+        tag_set = self.keys.tag(tag)
+        with mapped_errors("invalidate_tag"):
+            return self._delete_batches(
+                (self.client.sscan_iter(tag_set, count=batch)), message, batch, tag_set,
+                lambda member: member.decode())
+
+    def delete_prefix(self, prefix: str, message: bytes, batch: int = 500) -> int:
+        """Delete every value whose key starts with ``prefix`` (SCAN, never KEYS), as
+        :meth:`invalidate_tag` does; how many values existed."""
+        keys = self.keys
+        with mapped_errors("delete_prefix"):
+            return self._delete_batches(
+                self.client.scan_iter(match=keys.value_match(prefix), count=batch), message,
+                batch, None, lambda name: keys.key_of(name.decode()))
+
+    def _delete_batches(self, found: Iterable[bytes], message: bytes, batch: int,
+                        tag_set: str | None, key_of: Callable[[bytes], str]) -> int:
+        # The notice goes out first, so that no value is deleted without one even if this
+        # process dies half-way, and again last, for the values other processes read from
+        # L2 (and promoted) between the first notice and their batch's delete.
+        notice = self._notify(message)
+        self._publish(keys=[self.keys.log], args=notice)
+        deleted = 0
+        pending: list[str] = []
+        for name in found:
+            pending.append(key_of(name))
+            if len(pending) >= batch:
+                deleted += self._delete_one_batch(pending, tag_set)
+                pending = []
+        if pending:
+            deleted += self._delete_one_batch(pending, tag_set)
+        self._publish(keys=[self.keys.log], args=notice)
+        return deleted
+
+    def _delete_one_batch(self, keys: list[str], tag_set: str | None) -> int:
+        layout = self.keys
+        names = [*map(layout.value, keys), *map(layout.lease, keys)]
+        if tag_set is not None:
+            names.append(tag_set)
+        return int(self._delete_batch(keys=names, args=keys))
+
     def _unlink_matching(self, prefix: str, batch: int) -> int:
         deleted = 0
         found: list[Any] = []
-        for name in self.client.scan_iter(match=_glob_escape(prefix) + "*", count=batch):
+        for name in self.client.scan_iter(match=glob_escape(prefix) + "*", count=batch):
             found.append(name)
             if len(found) >= batch:
                 deleted += self.client.unlink(*found)
@@ -356,7 +451,3 @@ class RedisStore:
             deleted += self.client.unlink(*found)
         return deleted
 
-
-def _glob_escape(text: str) -> str:
-    """Escape SCAN MATCH metacharacters so a namespace never matches another's keys."""
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

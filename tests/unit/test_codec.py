@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fleetcache import (
+    NOT_FOUND,
     CorruptValueError,
     FleetCacheError,
     InvalidArgumentError,
@@ -34,7 +35,7 @@ def codec() -> Codec:
 
 
 def round_trip(codec: Codec, value: Any, key: str = "k") -> Any:
-    decoded, expires_at_ms = codec.decode(codec.encode(key, value, EXPIRES))
+    decoded, expires_at_ms, _ = codec.decode(codec.encode(key, value, EXPIRES))
     assert expires_at_ms == EXPIRES
     return decoded
 
@@ -126,7 +127,7 @@ def test_tuple_comes_back_as_list(codec: Codec) -> None:
 
 
 def test_expiry_is_carried(codec: Codec) -> None:
-    assert codec.decode(codec.encode("k", "v", 42)) == ("v", 42)
+    assert codec.decode(codec.encode("k", "v", 42)) == ("v", 42, ())
 
 
 def test_encode_is_stable(codec: Codec) -> None:
@@ -279,7 +280,7 @@ def _same(a: Any, b: Any) -> bool:
 @given(value=json_like, expires=st.integers(min_value=0, max_value=2**63 - 1))
 def test_property_round_trip_of_json_like_values(value: Any, expires: int) -> None:
     codec = Codec(max_value_bytes=16 * 1024 * 1024)
-    decoded, expires_at_ms = codec.decode(codec.encode("k", value, expires))
+    decoded, expires_at_ms, _ = codec.decode(codec.encode("k", value, expires))
     assert expires_at_ms == expires
     assert _same(decoded, value), (decoded, value)
 
@@ -301,7 +302,7 @@ random_blobs = st.one_of(
 def test_property_random_bytes_decode_or_raise_corrupt_value_error(blob: bytes) -> None:
     codec = Codec(max_value_bytes=1024)
     try:
-        _value, expires_at_ms = codec.decode(blob)
+        _value, expires_at_ms, _ = codec.decode(blob)
     except CorruptValueError:
         return
     assert isinstance(expires_at_ms, int)
@@ -316,7 +317,7 @@ def test_signed_values_round_trip_and_carry_a_mac() -> None:
     signed, plain = Codec(1 << 20, SECRET), Codec(1 << 20)
     blob = signed.encode("k", {"a": 1}, 42)
     assert len(blob) == len(plain.encode("k", {"a": 1}, 42)) + 32
-    assert signed.decode(blob, "k") == ({"a": 1}, 42)
+    assert signed.decode(blob, "k") == ({"a": 1}, 42, ())
 
 
 @pytest.mark.parametrize(
@@ -340,9 +341,30 @@ def test_forged_or_damaged_signed_values_are_corrupt(forge: Any) -> None:
 
 
 def test_not_found_round_trips_as_envelope_version_2() -> None:
-    from fleetcache import NOT_FOUND
-
     codec = Codec(1024, b"k" * 32)
     blob, served = codec.encode_and_read_back("k", NOT_FOUND, EXPIRES)
     assert served is NOT_FOUND
-    assert codec.decode(blob, "k") == (NOT_FOUND, EXPIRES)
+    assert codec.decode(blob, "k") == (NOT_FOUND, EXPIRES, ())
+
+
+def test_tags_travel_in_the_envelope_and_untagged_bytes_stay_as_before() -> None:
+    codec = Codec(1 << 20)
+    plain = codec.encode("k", "v", 42)
+    tagged = codec.encode("k", "v", 42, ("user:1", "page"))
+    assert plain == msgspec.msgpack.encode((1, 42, "v"))  # 0.1's bytes, unchanged
+    assert codec.decode(tagged) == ("v", 42, ("user:1", "page"))
+    assert codec.decode(codec.encode("k", NOT_FOUND, 42, ("t",))) == (NOT_FOUND, 42, ("t",))
+    signed = Codec(1 << 20, b"secret")
+    assert signed.decode(signed.encode("k", [1], 42, ("t",)), "k") == ([1], 42, ("t",))
+
+
+def test_a_reader_without_tags_reads_a_tagged_value() -> None:
+    """A 0.1 process decodes three-element envelopes: the tags element is ignored."""
+
+    class OldEnvelope(msgspec.Struct, array_like=True):
+        version: int
+        expires_at_ms: int
+        data: msgspec.Raw
+
+    old = msgspec.msgpack.Decoder(OldEnvelope).decode(Codec(1 << 20).encode("k", "v", 7, ("t",)))
+    assert (old.version, old.expires_at_ms, msgspec.msgpack.decode(old.data)) == (1, 7, "v")

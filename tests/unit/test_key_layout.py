@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fnmatch
+
 import pytest
 from redis.crc import key_slot
 
@@ -36,3 +38,30 @@ def test_hash_tags_spread_different_keys_over_slots() -> None:
 def test_a_namespace_that_could_break_the_tag_is_refused(namespace: str) -> None:
     with pytest.raises(ValueError, match="braces"):
         KeyLayout(namespace)
+
+
+@pytest.mark.parametrize("hash_tags", [False, True])
+@pytest.mark.parametrize("key", ["user:1:a", "}x{", "a*b[c]?", "\\", "é"])
+def test_key_of_inverts_value_and_value_match_matches_it(hash_tags: bool, key: str) -> None:
+    layout = KeyLayout("ns", hash_tags=hash_tags)
+    assert layout.key_of(layout.value(key)) == key
+    assert fnmatch.fnmatchcase(layout.value(key), _glob(layout.value_match(key[:2])))
+    assert not fnmatch.fnmatchcase(layout.value("z" + key), _glob(layout.value_match(key[:2])))
+
+
+def _glob(pattern: str) -> str:
+    """A Redis MATCH pattern as an fnmatch one: ``\\x`` is the literal x."""
+    out, escaped = [], False
+    for c in pattern:
+        if escaped:
+            out.append("[" + c + "]" if c in "*?[" else c)
+            escaped = False
+        elif c == "\\":
+            escaped = True
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def test_tag_sets_live_under_the_namespace() -> None:
+    assert KeyLayout("ns").tag("user:1") == "ns:t:user:1"

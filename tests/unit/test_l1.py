@@ -243,7 +243,7 @@ def test_store_if_unchanged_refuses_after_a_move_of_its_key(
     seq = store.seq  # noted before the (simulated) L2 read
     move(store)
     assert store.store_if_unchanged("k", "stale", 60.0, seq) is False
-    assert store.store_many_if_unchanged([("k", "stale", 60.0)], seq) == 0
+    assert store.store_many_if_unchanged([("k", "stale", 60.0, ())], seq) == 0
     entry = store.get("k")
     assert entry is None or entry[0] == "fresh"
 
@@ -322,7 +322,7 @@ def test_batch_promotion_stores_all_with_their_ttls_and_respects_capacity(
 ) -> None:
     store = LocalStore(capacity=3, clock=clock)
     store.store_if_unchanged("old", "o", 60, store.seq)
-    stored = store.store_many_if_unchanged([("a", 1, 10), ("b", 2, 20), ("c", 3, 30)],
+    stored = store.store_many_if_unchanged([("a", 1, 10, ()), ("b", 2, 20, ()), ("c", 3, 30, ())],
                                            store.seq)
     assert stored == 2  # c, asked for once like every resident, is not let in
     assert store.get("c") is None
@@ -336,7 +336,7 @@ def test_batch_promotion_refuses_only_the_keys_that_moved(clock: FakeClock) -> N
     store = LocalStore(capacity=10, clock=clock)
     seq = store.seq
     store.invalidate("b")
-    assert store.store_many_if_unchanged([("a", 1, 10), ("b", 2, 10)], seq) == 1
+    assert store.store_many_if_unchanged([("a", 1, 10, ()), ("b", 2, 10, ())], seq) == 1
     assert value_of(store, "a") == 1
     assert store.get("b") is None
 
@@ -494,3 +494,68 @@ def test_a_held_entry_is_not_mistaken_for_a_dead_one_by_eviction(clock: FakeCloc
         store.put("new", 3, 60.0, store.seq)
     store.resume()
     assert value_of(store, "hot") == 1
+
+
+# -- tags and prefixes --------------------------------------------------------------------
+
+
+def test_invalidate_tag_drops_values_and_not_found_answers_carrying_it(clock: FakeClock) -> None:
+    store = LocalStore(10, clock)
+    store.put("a", 1, 60.0, store.seq, tags=("t", "u"))
+    assert store.store_if_unchanged("b", 2, 60.0, store.seq, tags=("t",))
+    store.put("c", 3, 60.0, store.seq, tags=("u",))
+    assert store.put_negative("gone", 60.0, store.seq, ("t",))
+    store.put("plain", 4, 60.0, store.seq)
+    assert sorted(store.invalidate_tag("t")) == ["a", "b", "gone"]
+    assert store.get("a") is None and store.get("b") is None
+    assert not store.is_negative("gone")
+    assert value_of(store, "c") == 3 and value_of(store, "plain") == 4
+    assert store.invalidate_tag("t") == []
+    assert store.invalidate_tag("u") == ["c"]
+
+
+def test_a_rewrite_replaces_the_tags_of_a_key(clock: FakeClock) -> None:
+    store = LocalStore(10, clock)
+    store.put("k", 1, 60.0, store.seq, tags=("old",))
+    store.put("k", 2, 60.0, store.seq, tags=("new",))
+    assert store.invalidate_tag("old") == []
+    assert value_of(store, "k") == 2
+    store.put("k", 3, 60.0, store.seq)  # untagged now
+    assert store.invalidate_tag("new") == []
+    assert value_of(store, "k") == 3
+
+
+def test_the_tag_index_forgets_what_leaves_l1(clock: FakeClock) -> None:
+    """Evicted, invalidated, flushed or overflowing NOT_FOUND answers take their tags with
+    them: the index never outgrows L1."""
+    store = LocalStore(2, clock)
+    for i in range(50):
+        store.put(f"k{i}", i, 60.0, store.seq, tags=(f"t{i}",))
+        store.put_negative(f"n{i}", 60.0, store.seq, (f"m{i}",))
+    store.invalidate("k49")
+    held = {*store.data, *store.negative}
+    assert set(store._key_tags) == held and len(held) <= 4
+    assert set(store._tagged) == {tag for key in held for tag in store._key_tags[key]}
+    store.clear()
+    assert store._key_tags == {} and store._tagged == {}
+
+
+def test_invalidate_tag_voids_promotions_in_flight(clock: FakeClock) -> None:
+    """A read noted before the notice may be of a tagged value L1 does not hold yet."""
+    store = LocalStore(10, clock)
+    seq = store.seq
+    store.invalidate_tag("t")
+    assert not store.store_if_unchanged("k", "old", 60.0, seq, tags=("t",))
+    assert store.store_if_unchanged("k", "new", 60.0, store.seq, tags=("t",))
+
+
+def test_invalidate_prefix_drops_the_keys_starting_with_it(clock: FakeClock) -> None:
+    store = LocalStore(10, clock)
+    for key in ("user:1:a", "user:1:b", "user:10", "user:2"):
+        store.put(key, key, 60.0, store.seq)
+    assert store.put_negative("user:1:none", 60.0, store.seq)
+    seq = store.seq
+    assert sorted(store.invalidate_prefix("user:1:")) == ["user:1:a", "user:1:b", "user:1:none"]
+    assert value_of(store, "user:10") == "user:10" and value_of(store, "user:2") == "user:2"
+    assert not store.is_negative("user:1:none")
+    assert not store.store_if_unchanged("user:1:a", "old", 60.0, seq)

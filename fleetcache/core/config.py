@@ -30,7 +30,9 @@ MAX_TTL = 10 * 365 * 24 * 3600.0  # ten years: anything longer is a bug, not a T
 class CacheConfig:
     """Settings of one :class:`~fleetcache.FleetCache`.
 
-    Attributes (seconds unless stated):
+    Durations are in seconds unless stated.
+
+    Attributes:
         url: Redis/Valkey URL (``redis://``, ``rediss://``, ``unix://``), password allowed.
         namespace: prefix of every key, channel, lock and stream: two apps can share a Redis.
         l1_capacity: entries kept per process; when full, frequency decides who stays
@@ -38,10 +40,12 @@ class CacheConfig:
         l1_ttl: longest life of an L1 entry (never beyond the entry's L2 TTL).
         default_ttl: L2 TTL when a call gives neither ``ttl`` nor ``strategy``.
         stream_maxlen: approximate MAXLEN of ``publish_to_stream`` when none is given.
-        socket_timeout / connect_timeout: per cache command / per connect.
+        socket_timeout: per cache command.
+        connect_timeout: per connect.
         retries: extra attempts on a connection error (never on a timeout).
         max_connections: pool size per process (at least 4); callers wait
             ``pool_timeout`` for a slot, then get ``PoolExhaustedError``.
+        pool_timeout: how long a caller waits for a free connection of the pool.
         stream_timeout_margin: added to ``block_ms`` for the socket timeout of XREAD BLOCK.
         lock_timeout: Redlock auto-release: how long a crashed holder blocks a key, and the
             longest a waiter (another thread, or another process) waits for a compute
@@ -68,6 +72,11 @@ class CacheConfig:
             and keeps L1 instead of flushing it; 0 turns the log off (every gap flushes).
         replay_log_age: notices older than this leave the log too (a listener away longer
             flushes).
+        stats_interval: how often each process publishes its stats snapshot to Redis for
+            the fleet view (``fleetcache stats``, ``/metrics``; see
+            :mod:`fleetcache.observe`), from a background thread; the snapshot lives about
+            three intervals, so a worker gone stops being shown that long after its last
+            report. 0 turns reporting off.
         max_value_bytes: encoded values above this raise ``ValueTooLargeError``.
         max_key_length: keys longer than this (in characters) raise ``InvalidKeyError``.
         signing_key: a secret (16+ bytes); every L2 value then carries an HMAC and values
@@ -104,6 +113,7 @@ class CacheConfig:
     reconnect_backoff: float = 1.0
     replay_log_length: int = 10_000
     replay_log_age: float = 600.0
+    stats_interval: float = 5.0
     max_value_bytes: int = 16 * 1024 * 1024
     max_key_length: int = 1024
     signing_key: str | bytes | None = None
@@ -148,6 +158,8 @@ class CacheConfig:
                      "degraded_l1_ttl", "max_listener_lag", "reconnect_backoff",
                      "replay_log_age"):
             check_seconds(name, getattr(self, name), ConfigError)
+        if self.stats_interval != 0 or isinstance(self.stats_interval, bool):
+            check_seconds("stats_interval", self.stats_interval, ConfigError)
         if (isinstance(self.ttl_jitter, bool) or not isinstance(self.ttl_jitter, int | float)
                 or not 0 <= self.ttl_jitter < 1):
             raise ConfigError(f"ttl_jitter must be a fraction in [0, 1), got "

@@ -18,7 +18,7 @@ from . import charts
 from . import harness as h
 
 BENCHMARKS = ("l1_hit", "l2_hit", "codec", "stampede", "invalidation", "fleet", "memory",
-              "hit_ratio", "stale")
+              "hit_ratio", "stale", "replay")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m benchmarks",
         description="fleetcache benchmarks: tables on stdout, JSON/PNG/SUMMARY.md in results/")
     parser.add_argument("--quick", action="store_true",
-                        help="CI smoke pass: short rounds, whole suite under 2 minutes")
+                        help="CI smoke pass: short rounds, whole suite in about 2 minutes")
     parser.add_argument("--only", action="append", metavar="NAME",
                         help=f"run only these (repeat or comma-separate): {', '.join(BENCHMARKS)}")
     parser.add_argument("--rounds", type=int, help="rounds per benchmark (default: its own)")

@@ -4,8 +4,11 @@ The app (benchmarks/apps/fleet_app.py) reads a versioned SQLite "database" with 
 simulated latency per call; 2% of requests are writes that bump the version and update the
 cache (invalidating every other worker's L1 for fleetcache). gunicorn runs with
 benchmarks/apps/gunicorn_conf.py, i.e. with fleetcache's hooks (``fleetcache.gunicorn``).
-Variants, compared in one run: fleetcache; Flask-Caching RedisCache; no cache; a
-per-process dict memo never invalidated (the ceiling).
+Variants, compared in one run: fleetcache (default settings); fleetcache with
+``sync_strategy="update"`` (writes send their values); Flask-Caching RedisCache; no cache;
+a per-process dict memo never invalidated (the ceiling). "L2 reads per write" is each
+variant's Redis reads (L2 hits + misses) over the writes of the run: what an invalidation
+costs the fleet afterwards.
 
 Load comes from a separate process at fixed concurrency for a fixed time, after a warm-up:
 wrk with benchmarks/apps/zipf.lua when ``wrk`` is on PATH, else a Python load generator
@@ -60,8 +63,9 @@ CONCURRENCY = 32
 DB_MS = 5
 STALE_BOUND_S = 0.1  # generous for a loaded 2-core box; invalidation.py measures ~1 ms
 DOCUMENTED_BOUND_S = 1.5  # README: max(health_check_interval + timeout, degraded_l1_ttl)
-VARIANTS = ("fleetcache", "flask-caching", "none", "dict")
-LABELS = {"fleetcache": "fleetcache", "flask-caching": "Flask-Caching RedisCache",
+VARIANTS = ("fleetcache", "fleetcache-update", "flask-caching", "none", "dict")
+LABELS = {"fleetcache": "fleetcache", "fleetcache-update": 'fleetcache sync_strategy="update"',
+          "flask-caching": "Flask-Caching RedisCache",
           "none": "no cache", "dict": "dict memo (ceiling, never invalidated)"}
 WORKER_CLASSES = ("gthread", "gevent")
 APPS = Path(__file__).resolve().parent / "apps"
@@ -170,7 +174,9 @@ def _tiers(before: dict[int, dict[str, Any]], after: dict[int, dict[str, Any]]) 
     lookups = sum(sums.values())
     out: dict[str, Any] = {"lookups": lookups, "workers_seen": len(after),
                            "complete": set(before) == set(after) and len(after) == WORKERS}
-    for k in ("reconnects", "listener_waits", "lock_waits", "invalidations_received"):
+    out["l2_reads"] = sums["l2_hits"] + sums["misses"]
+    for k in ("reconnects", "listener_waits", "lock_waits", "invalidations_received",
+              "l1_updates"):
         if any(k in row for row in after.values()):  # fleetcache's own counters
             out[k] = sum(row.get(k, 0) - before.get(pid, {}).get(k, 0)
                          for pid, row in after.items())
@@ -379,7 +385,7 @@ def run_variant(variant: str, worker_class: str, url: str, tmp: str, *, warm_s: 
     docs, dumped = _read_dumps(out)
     rps = res["requests"] / (res["duration_us"] / 1e6)
     errors = sum(res["errors"].values())
-    stale = stale_reads(docs, t0, t1, cache_writes=variant in ("fleetcache", "flask-caching"))
+    stale = stale_reads(docs, t0, t1, cache_writes=variant not in {"none", "dict"})
     gunicorn_errors = ""
     err_file = Path(out) / "gunicorn-stderr.txt"
     if err_file.exists():
@@ -441,6 +447,9 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
                 "stale_beyond_documented": sum(r["stale"]["stale_beyond_documented"]
                                                for r in rs),
                 "reads_checked": sum(r["stale"]["reads"] for r in rs),
+                "l2_reads_per_write": h.median(r["tiers"]["l2_reads"] / max(1, r["writes"])
+                                               for r in rs),
+                "l1_updates": sum(r["tiers"].get("l1_updates", 0) for r in rs),
             }
         fc = figures[wc]["fleetcache"]
 
@@ -452,6 +461,9 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         fc["rps_ratio_to_dict"] = per_round("fleetcache", "dict", "rps")
         fc["rps_ratio_to_flask_caching"] = per_round("fleetcache", "flask-caching", "rps")
         fc["p99_ratio_to_flask_caching"] = per_round("fleetcache", "flask-caching", "p99")
+        up = figures[wc]["fleetcache-update"]
+        up["rps_ratio_to_invalidate"] = per_round("fleetcache-update", "fleetcache", "rps")
+        up["p99_ratio_to_invalidate"] = per_round("fleetcache-update", "fleetcache", "p99")
         for v in VARIANTS:
             figures[wc][v]["rps_ratio_to_dict"] = per_round(v, "dict", "rps")
     return figures
@@ -465,7 +477,8 @@ def tables(figures: dict[str, Any], raw: dict[str, Any]) -> list[h.Table]:
                     f"connections, {KEYS:,} zipf({ZIPF_S}) keys, {WRITE_SHARE:.0%} writes, "
                     f"{DB_MS} ms DB",
                     ["variant", "req/s", "x dict", "p50 ms", "p90 ms", "p99 ms", "max ms",
-                     "errors", "L1 hit", "L2 hit", "miss", "stale", "in flight", "write order",
+                     "errors", "L1 hit", "L2 hit", "miss", "L2 reads/write", "stale",
+                     "in flight", "write order",
                      "lag",
                      f"lag >{STALE_BOUND_S * 1000:.0f}ms", f"lag >{DOCUMENTED_BOUND_S:g}s"],
                     note=(f"warm-up {raw['warm_s']} s, then {raw['seconds']} s measured per "
@@ -486,7 +499,8 @@ def tables(figures: dict[str, Any], raw: dict[str, Any]) -> list[h.Table]:
 
             t.add(LABELS[v], fig["rps"], h.fmt_ratio(fig["rps_ratio_to_dict"]), lat["p50"],
                   lat["p90"], lat["p99"], lat["max"], fig["errors"], pct(fig["l1_rate"]),
-                  pct(fig["l2_rate"]), pct(fig["miss_rate"]), fig["stale"],
+                  pct(fig["l2_rate"]), pct(fig["miss_rate"]),
+                  f"{fig['l2_reads_per_write']:.1f}", fig["stale"],
                   fig["stale_in_flight"], fig["stale_write_order"], fig["stale_lag"],
                   fig["stale_beyond_bound"], fig["stale_beyond_documented"])
         out.append(t)
@@ -515,6 +529,18 @@ def goals(figures: dict[str, Any]) -> list[dict[str, Any]]:
                    f"(Flask-Caching: {fl['stale_in_flight']} and {fl['stale_write_order']}); "
                    f"{fc['reads_checked']} reads checked"),
             h.goal(f"{wc}: zero errors", fc["errors"], "0", fc["errors"] == 0),
+        ]
+        up = variants["fleetcache-update"]
+        out += [
+            h.goal(f'{wc}: sync_strategy="update": zero stale reads beyond the bound and '
+                   "zero errors", up["stale_beyond_bound"] + up["errors"], "0",
+                   up["stale_beyond_bound"] + up["errors"] == 0,
+                   f"{up['l1_updates']} L1 entries replaced in place"),
+            h.goal(f'{wc}: sync_strategy="update" vs "invalidate": RPS ratio (choosing the '
+                   "default)", up["rps_ratio_to_invalidate"], "informative", None,
+                   f"L2 reads per write {up['l2_reads_per_write']:.1f} vs "
+                   f"{fc['l2_reads_per_write']:.1f}; p99 ratio "
+                   f"{up['p99_ratio_to_invalidate']:.2f}x"),
         ]
     return out
 

@@ -6,6 +6,9 @@ from .integrations.flask import (
     cache_for,
     cache_options,
     current_cache,
+    metrics_view,
+    register_metrics,
 )
 
-__all__ = ["EXTENSION_KEY", "FleetCacheExtension", "cache_for", "cache_options", "current_cache"]
+__all__ = ["EXTENSION_KEY", "FleetCacheExtension", "cache_for", "cache_options", "current_cache",
+           "metrics_view", "register_metrics"]

@@ -53,3 +53,16 @@ def l2_replaced(cache: FleetCache, wrap: Callable[[Any], Any]) -> Iterator[Any]:
         yield proc.l2
     finally:
         proc.l2 = real
+
+
+@contextlib.contextmanager
+def receiver_replaced(cache: FleetCache, wrap: Callable[[Any], Any]) -> Iterator[Any]:
+    """Within the block, the listener hands every notice to ``wrap(real_receiver)`` (a spy,
+    or one that holds a notice back); the real one after."""
+    bus = _process(cache).bus
+    real = bus._receiver  # type: ignore[attr-defined]
+    bus._receiver = wrap(real)  # type: ignore[attr-defined]
+    try:
+        yield bus._receiver  # type: ignore[attr-defined]
+    finally:
+        bus._receiver = real  # type: ignore[attr-defined]

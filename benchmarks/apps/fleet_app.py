@@ -44,17 +44,20 @@ NAMESPACE = os.environ.get("BENCH_NS", "fleet")
 REDIS_URL = os.environ.get("FLEETCACHE_REDIS_URL", "")
 L1_CAPACITY = int(os.environ.get("BENCH_L1_CAPACITY", "10000"))
 TTL = 3600
-VARIANTS = ("fleetcache", "flask-caching", "none", "dict")
+VARIANTS = ("fleetcache", "fleetcache-update", "flask-caching", "none", "dict")
+FLEET = VARIANT in ("fleetcache", "fleetcache-update")  # fleetcache, by its sync_strategy
 
 app = Flask(__name__)
 _json = msgspec.json.Encoder().encode
 
-if VARIANT == "fleetcache":
+if FLEET:
     from fleetcache import FleetCache
 
     # Module level, before fork (preload): fleetcache resets it in every worker, and the
     # fleetcache.gunicorn hooks connect it in post_fork / post_worker_init.
-    cache = FleetCache.from_url(REDIS_URL, namespace=NAMESPACE, l1_capacity=L1_CAPACITY)
+    cache = FleetCache.from_url(
+        REDIS_URL, namespace=NAMESPACE, l1_capacity=L1_CAPACITY,
+        sync_strategy="update" if VARIANT == "fleetcache-update" else "invalidate")
 elif VARIANT == "flask-caching":
     from flask_caching import Cache
 
@@ -125,7 +128,7 @@ def _respond(item: dict[str, Any]) -> Response:
 def read(item_id: int) -> Response:
     start = time.monotonic()
     proc = _state()
-    if VARIANT == "fleetcache":
+    if FLEET:
         item = cache.get_or_compute(f"item:{item_id}", lambda: load(item_id), ttl=TTL)
     elif VARIANT == "flask-caching":
         key = f"item:{item_id}"
@@ -163,7 +166,7 @@ def write(item_id: int) -> Response:
                                   "RETURNING version", (item_id,)).fetchall()[0][0]
     committed = time.monotonic()
     item = {"id": item_id, "version": version, "name": f"Item {item_id}", "body": "x" * 120}
-    if VARIANT == "fleetcache":
+    if FLEET:
         cache.set(f"item:{item_id}", item, ttl=TTL)
     elif VARIANT == "flask-caching":
         fc.set(f"item:{item_id}", item, timeout=TTL)
@@ -178,13 +181,14 @@ def write(item_id: int) -> Response:
 
 
 def _counts(proc: _Process) -> dict[str, int]:
-    if VARIANT == "fleetcache":
+    if FLEET:
         s = cache.stats()
         return {"l1_hits": s.l1_hits, "l2_hits": s.l2_hits, "misses": s.misses,
                 "computes": s.computes, "lock_waits": s.lock_waits, "promotions": s.promotions,
                 "listener_waits": s.listener_waits,
                 "invalidations_received": s.invalidations_received,
-                "redis_errors": s.redis_errors, "reconnects": s.reconnects}
+                "redis_errors": s.redis_errors, "reconnects": s.reconnects,
+                "l1_updates": s.l1_updates}
     return dict(proc.counts)
 
 

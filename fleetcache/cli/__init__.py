@@ -12,7 +12,8 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import demo
+from ..core.errors import FleetCacheError
+from . import demo, flush, inspect, metrics, stats
 from .extras import MissingExtraError
 
 _DESCRIPTION = """\
@@ -31,10 +32,12 @@ def parser() -> argparse.ArgumentParser:
     )
     top.add_argument("--version", action="version", version=f"fleetcache {__version__}")
     sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    demo.add_arguments(sub.add_parser(
-        "demo", help=demo.SUMMARY, description=demo.DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    ))
+    for name, module in (("demo", demo), ("stats", stats), ("inspect", inspect),
+                         ("flush", flush), ("metrics", metrics)):
+        module.add_arguments(sub.add_parser(
+            name, help=module.SUMMARY, description=module.DESCRIPTION,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        ))
     return top
 
 
@@ -47,3 +50,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MissingExtraError as exc:
         print(f"fleetcache {args.command}: {exc}", file=sys.stderr)
         return 2
+    except FleetCacheError as exc:  # Redis unreachable, a bad URL: one line, no traceback
+        print(f"fleetcache {args.command}: {exc}", file=sys.stderr)
+        return 1

@@ -13,10 +13,13 @@ Endpoints:
   POST /events             publish the JSON body's str fields to the "events" stream
   GET  /events             the newest 10 events
   GET  /stats              this worker's cache stats
+  GET  /metrics            the whole fleet's Prometheus metrics (every worker, every host)
   GET  /health             Redis round trip, bus state
 
 The "database" is SQLite in a file shared by all workers (``FLEETCACHE_DEMO_DB``), with
 ``FLEETCACHE_DEMO_DB_MS`` milliseconds of simulated latency per read (default 5).
+``FLEETCACHE_STATS_INTERVAL`` sets how often each worker reports to the fleet view
+(default 5 s).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any
 from flask import Flask, jsonify, request
 
 from fleetcache import CacheStrategy, FleetCache
+from fleetcache.flask import register_metrics
 
 DB_PATH = os.environ.get("FLEETCACHE_DEMO_DB") or os.path.join(
     tempfile.gettempdir(), "fleetcache-demo.sqlite3"
@@ -38,8 +42,10 @@ DB_PATH = os.environ.get("FLEETCACHE_DEMO_DB") or os.path.join(
 DB_LATENCY = float(os.environ.get("FLEETCACHE_DEMO_DB_MS", "5")) / 1000
 
 # Module level, before fork under --preload: fleetcache resets it in every worker.
-cache = FleetCache(namespace=os.environ.get("FLEETCACHE_NAMESPACE", "demo"))
+cache = FleetCache(namespace=os.environ.get("FLEETCACHE_NAMESPACE", "demo"),
+                   stats_interval=float(os.environ.get("FLEETCACHE_STATS_INTERVAL", "5")))
 app = Flask(__name__)
+register_metrics(app, "/metrics", cache)
 _local = threading.local()
 
 

@@ -12,18 +12,22 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlsplit
+from dataclasses import dataclass, field
+from typing import Literal
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .errors import ConfigError, InvalidArgumentError
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 EMBEDDED = "embedded"  # the URL that asks for a private server (fleetcache.server)
 
-_SCHEMES = ("redis://", "rediss://", "unix://")
+SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
+_SCHEMES = ("redis://", "rediss://", "unix://", *SENTINEL_SCHEMES)
 _DEFAULT_FILL_TIMEOUT = 60.0
 MIN_CONNECTIONS = 4  # the listener's one, the lane's idle ones, and room for the rest
 MAX_TTL = 10 * 365 * 24 * 3600.0  # ten years: anything longer is a bug, not a TTL
+SyncStrategy = Literal["invalidate", "update"]
+SYNC_STRATEGIES: tuple[SyncStrategy, ...] = ("invalidate", "update")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +37,11 @@ class CacheConfig:
     Durations are in seconds unless stated.
 
     Attributes:
-        url: Redis/Valkey URL (``redis://``, ``rediss://``, ``unix://``), password allowed.
+        url: Redis/Valkey URL (``redis://``, ``rediss://``, ``unix://``), password allowed;
+            or a Sentinel deployment,
+            ``redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]``
+            (``rediss+sentinel://`` for TLS): the cache follows the primary that the
+            sentinels name, through failovers (see :func:`parse_sentinel_url`).
         namespace: prefix of every key, channel, lock and stream: two apps can share a Redis.
         l1_capacity: entries kept per process; when full, frequency decides who stays
             (see :mod:`fleetcache.core.l1`).
@@ -47,6 +55,15 @@ class CacheConfig:
             ``pool_timeout`` for a slot, then get ``PoolExhaustedError``.
         pool_timeout: how long a caller waits for a free connection of the pool.
         stream_timeout_margin: added to ``block_ms`` for the socket timeout of XREAD BLOCK.
+        lock_masters: URLs (``redis://``, ``rediss://``, ``unix://``) of independent
+            Redis masters that hold the fill lock by quorum (a majority, as pottery's
+            Redlock with ``masters=``), so one compute per fleet survives the cache
+            server losing its lock (a failover to a replica that had not got it, a
+            restart, a flush). Empty: the lock lives on the cache's own server only, as
+            one command of the lookup. With masters, a cold miss costs one more round trip
+            to take the quorum and one to release it; a lookup that finds the value costs
+            nothing more. Without a reachable majority, computes fall back to the cache
+            server's lock alone (see :mod:`fleetcache.redis.quorum`).
         lock_timeout: Redlock auto-release: how long a crashed holder blocks a key, and the
             longest a waiter (another thread, or another process) waits for a compute
             before computing itself.
@@ -72,6 +89,14 @@ class CacheConfig:
             and keeps L1 instead of flushing it; 0 turns the log off (every gap flushes).
         replay_log_age: notices older than this leave the log too (a listener away longer
             flushes).
+        sync_strategy: what a write tells the other processes: ``"invalidate"`` (drop
+            your copy, re-read L2 when asked) or ``"update"`` (here is the new value:
+            processes holding the key replace their L1 entry, no L2 read). Updates are
+            ordered by the write's version (its replay-log id): an entry is never replaced
+            by an older value, the writer's own racing writes included. Needs the replay
+            log; reads then fetch the namespace's position with each value (MGET).
+        sync_value_limit: under ``"update"``, encoded values larger than this (bytes) are
+            announced as invalidations: every subscriber receives each notice.
         stats_interval: how often each process publishes its stats snapshot to Redis for
             the fleet view (``fleetcache stats``, ``/metrics``; see
             :mod:`fleetcache.observe`), from a background thread; the snapshot lives about
@@ -102,6 +127,7 @@ class CacheConfig:
     max_connections: int = 64
     pool_timeout: float = 0.5
     stream_timeout_margin: float = 1.0
+    lock_masters: tuple[str, ...] = ()
     lock_timeout: float = 10.0
     fill_timeout: float | None = None
     fail_safe_throttle: float = 2.0
@@ -113,6 +139,8 @@ class CacheConfig:
     reconnect_backoff: float = 1.0
     replay_log_length: int = 10_000
     replay_log_age: float = 600.0
+    sync_strategy: SyncStrategy = "invalidate"
+    sync_value_limit: int = 4096
     stats_interval: float = 5.0
     max_value_bytes: int = 16 * 1024 * 1024
     max_key_length: int = 1024
@@ -121,11 +149,15 @@ class CacheConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.url, str) or not self.url.startswith(_SCHEMES):
-            raise ConfigError("url must be a redis://, rediss:// or unix:// URL")
-        if not _well_formed(self.url):  # never repeat the URL: it may hold a password
-            raise ConfigError("url is malformed: percent-encode '/', '?', '#', '@' and '%' in "
-                              "the password (urllib.parse.quote(password, safe=''))")
-        _check_db(self.url)
+            raise ConfigError("url must be a redis://, rediss://, unix://, redis+sentinel:// "
+                              "or rediss+sentinel:// URL")
+        if self.url.startswith(SENTINEL_SCHEMES):
+            parse_sentinel_url(self.url)
+        else:
+            _check_url("url", self.url)
+        if isinstance(self.lock_masters, list):  # a settings file's list: kept as a tuple
+            object.__setattr__(self, "lock_masters", tuple(self.lock_masters))
+        _check_lock_masters(self.lock_masters)
         if not isinstance(self.namespace, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}",
                                                                      self.namespace):
             raise ConfigError("namespace must be 1-64 characters of [A-Za-z0-9_.-]")
@@ -138,6 +170,16 @@ class CacheConfig:
                 or isinstance(self.replay_log_length, bool) or self.replay_log_length < 0):
             raise ConfigError(f"replay_log_length must be an int >= 0, got "
                               f"{self.replay_log_length!r}")
+        if self.sync_strategy not in SYNC_STRATEGIES:
+            raise ConfigError(f"sync_strategy must be one of {', '.join(SYNC_STRATEGIES)}, "
+                              f"got {self.sync_strategy!r}")
+        if self.sync_strategy == "update" and not self.replay_log_length:
+            raise ConfigError('sync_strategy="update" needs the replay log (its ids order '
+                              'the updates): replay_log_length must be > 0')
+        if (not isinstance(self.sync_value_limit, int)
+                or isinstance(self.sync_value_limit, bool) or self.sync_value_limit < 0):
+            raise ConfigError(f"sync_value_limit must be an int >= 0, got "
+                              f"{self.sync_value_limit!r}")
         if not isinstance(self.strict_types, bool):
             raise ConfigError(f"strict_types must be True or False, got {self.strict_types!r}")
         if self.signing_key is not None and (
@@ -200,6 +242,87 @@ class CacheConfig:
 
     def __repr__(self) -> str:
         return f"CacheConfig(url={self.safe_url!r}, namespace={self.namespace!r})"
+
+
+def _check_url(name: str, url: str) -> None:
+    """A single server's URL, checked as redis-py would read it (never repeated in the
+    error: it may hold a password)."""
+    if not _well_formed(url):
+        raise ConfigError(f"{name} is malformed: percent-encode '/', '?', '#', '@' and '%' "
+                          f"in the password (urllib.parse.quote(password, safe=''))")
+    _check_db(url)
+
+
+def _check_lock_masters(masters: object) -> None:
+    if not isinstance(masters, tuple) or not all(isinstance(m, str) for m in masters):
+        raise ConfigError("lock_masters must be a tuple (or list) of URLs (str)")
+    for i, url in enumerate(masters):
+        if not url.startswith(_SCHEMES) or url.startswith(SENTINEL_SCHEMES):
+            raise ConfigError(f"lock_masters[{i}] must be a redis://, rediss:// or unix:// "
+                              f"URL: each lock master is one independent server")
+        _check_url(f"lock_masters[{i}]", url)
+    if len(set(masters)) != len(masters):
+        raise ConfigError("lock_masters names a server twice: a quorum needs independent "
+                          "masters")
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelURL:
+    """A ``redis+sentinel://`` URL, taken apart (:func:`parse_sentinel_url`)."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int
+    username: str | None
+    password: str | None = field(repr=False)  # never in a repr, a log or an error
+    ssl: bool
+    options: dict[str, str] = field(repr=False)  # the query string, as redis-py reads it
+
+
+_SENTINEL_HOST = re.compile(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([A-Za-z0-9_.\-]+)(?::(\d+))?")
+_SENTINEL_PORT = 26379
+
+
+def parse_sentinel_url(url: str) -> SentinelURL:
+    """Take ``redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]``
+    apart (``rediss+sentinel://``: TLS to the sentinels and the servers).
+
+    The credentials are the servers' (primary and replicas: an ACL user and its password,
+    as in ``redis://``); sentinels that require their own give them as
+    ``?sentinel_username=...&sentinel_password=...``. A host without a port means 26379.
+    Other query arguments are redis-py's (``ssl_ca_certs=``, ...). Errors are
+    ``ConfigError`` and never repeat any part of the URL: an unescaped character in the
+    password moves part of it into the host list or the path.
+    """
+    scheme, _, rest = url.partition("://")
+    rest, _, fragment = rest.partition("#")
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if fragment or "@" in path + query:
+        raise ConfigError("url is malformed: percent-encode '/', '?', '#', '@' and '%' in "
+                          "the password (urllib.parse.quote(password, safe=''))")
+    sentinels = []
+    for i, host in enumerate(hosts.split(",")):
+        match = _SENTINEL_HOST.fullmatch(host)
+        port = None if match is None else int(match[2] or match[4] or _SENTINEL_PORT)
+        if match is None or port is None or not 0 < port < 65536:
+            raise ConfigError(f"url: sentinel #{i + 1} is not host:port (a Sentinel URL "
+                              f"lists host:port[,host:port...] before the service name)")
+        sentinels.append((match[1] or match[3], port))
+    service, _, db = path.partition("/")
+    if not service:
+        raise ConfigError("url names no service: redis+sentinel://host:port/service[/db]")
+    db = db.strip("/")
+    if db and not db.isdigit():
+        raise ConfigError("url: the database after the service name must be a number")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    return SentinelURL(tuple(sentinels), unquote(service), int(db or 0), username, password,
+                       scheme.startswith("rediss"), dict(parse_qsl(query)))
 
 
 def _well_formed(url: str) -> bool:

@@ -75,11 +75,11 @@ class LocalStore:
     """Bounded TTL store. ``data`` is read directly by the cache's hit path."""
 
     __slots__ = ("_age_at", "_counted", "_counters", "_floor", "_gone_hits", "_key_tags",
-                 "_lock", "_now", "_sketch", "_suspended", "_tagged", "_touched", "capacity",
-                 "data", "fresh_until", "negative", "seq")
+                 "_lock", "_now", "_sketch", "_suspended", "_tagged", "_touched", "_versions",
+                 "capacity", "data", "fresh_until", "negative", "seq")
 
     def __init__(self, capacity: int, clock: Clock = SYSTEM_CLOCK,
-                 counters: Counters | None = None) -> None:
+                 counters: Counters | None = None, *, versioned: bool = False) -> None:
         self.capacity = capacity
         self._now = clock.monotonic
         self._counters = counters if counters is not None else Counters()
@@ -104,6 +104,10 @@ class LocalStore:
         # path, for a cache that uses no tags.
         self._key_tags: dict[str, tuple[str, ...]] = {}
         self._tagged: dict[str, set[str]] = {}
+        # With sync_strategy="update": the version (the write's replay-log id) of each
+        # entry whose version is known, so an update notice replaces only an older value
+        # (:meth:`update`). None otherwise: nothing to keep or look at.
+        self._versions: dict[str, int] | None = {} if versioned else None
         # Looked up at call time, so a store made after gevent's monkey-patching gets a
         # greenlet-aware lock (a native lock would block the hub).
         self._lock = threading.Lock()
@@ -118,11 +122,11 @@ class LocalStore:
         return None
 
     def put(self, key: str, value: Any, ttl: float, seq: int, stale_for: float = 0.0, *,
-            tags: tuple[str, ...] = ()) -> bool:
+            tags: tuple[str, ...] = (), version: int = 0) -> bool:
         """Store this process's own write, sent at ``seq``; False if ``key`` moved since
         (then it is dropped instead). Voids concurrent promotions of ``key`` either way.
         ``stale_for``: seconds past ``ttl`` that :meth:`stale` may still serve it; ``tags``:
-        the value's (see :meth:`invalidate_tag`)."""
+        the value's (see :meth:`invalidate_tag`); ``version``: the write's (0: unknown)."""
         with self._lock:
             moved = self._moved(key, seq)
             self._touch(key)
@@ -130,10 +134,11 @@ class LocalStore:
                 self._drop(key)
                 return False
             expires_at = self._now() + ttl
-            return self._insert(key, value, expires_at, expires_at + stale_for, tags)
+            return self._insert(key, value, expires_at, expires_at + stale_for, tags,
+                                version=version)
 
     def put_many(self, items: list[tuple[str, Any]], ttl: float, seq: int,
-                 tags: tuple[str, ...] = ()) -> int:
+                 tags: tuple[str, ...] = (), version: int = 0) -> int:
         """:meth:`put` for several keys under one lock; how many were stored."""
         with self._lock:
             expires_at = self._now() + ttl
@@ -143,34 +148,62 @@ class LocalStore:
                 self._touch(key)
                 if moved:
                     self._drop(key)
-                elif self._insert(key, value, expires_at, expires_at, tags):
+                elif self._insert(key, value, expires_at, expires_at, tags, version=version):
                     stored += 1
             return stored
 
     def store_if_unchanged(self, key: str, value: Any, ttl: float, seq: int,
-                           stale_for: float = 0.0, *, tags: tuple[str, ...] = ()) -> bool:
+                           stale_for: float = 0.0, *, tags: tuple[str, ...] = (),
+                           version: int = 0) -> bool:
         """Promote an L2 read taken at ``seq``; False if ``key`` moved (or L1 was flushed)
         since, or L1 kept its current entries instead (see the module doc). ``ttl`` may be
-        negative for a value already stale: then only :meth:`stale` serves it."""
+        negative for a value already stale: then only :meth:`stale` serves it. ``version``:
+        what the read is at least as new as (0: unknown)."""
         with self._lock:
             if self._moved(key, seq):
                 return False
             expires_at = self._now() + ttl
-            return self._insert(key, value, expires_at, expires_at + stale_for, tags)
+            return self._insert(key, value, expires_at, expires_at + stale_for, tags,
+                                version=version)
 
     def store_many_if_unchanged(
-        self, items: list[tuple[str, Any, float, tuple[str, ...]]], seq: int
+        self, items: list[tuple[str, Any, float, tuple[str, ...]]], seq: int,
+        version: int = 0,
     ) -> int:
-        """Promote ``(key, value, ttl, tags)`` reads taken at ``seq`` under one lock and one
-        clock read; how many were stored (those whose key did not move since)."""
+        """Promote ``(key, value, ttl, tags)`` reads taken at ``seq`` (all at least as new
+        as ``version``) under one lock and one clock read; how many were stored (those
+        whose key did not move since)."""
         with self._lock:
             now = self._now()
             stored = 0
             for key, value, ttl, tags in items:
-                if not self._moved(key, seq) and self._insert(key, value, now + ttl,
-                                                              now + ttl, tags):
+                if not self._moved(key, seq) and self._insert(
+                        key, value, now + ttl, now + ttl, tags, version=version):
                     stored += 1
             return stored
+
+    def update(self, key: str, value: Any, ttl: float, version: int,
+               tags: tuple[str, ...] = ()) -> bool:
+        """Another process wrote ``value`` at ``version`` (``sync_strategy="update"``):
+        replace our entry if it is older; True if replaced.
+
+        Only an entry whose version is known and older is replaced. One that is as new or
+        newer (our own racing write, or a read that saw a later write) is kept; one of
+        unknown version, or none at all, is treated as an invalidation: an entry is never
+        replaced by an older value, and a key this process does not hold is not added.
+        """
+        with self._lock:
+            versions = self._versions
+            held = 0 if versions is None else versions.get(key, 0)
+            if held and version <= held and key in self.data:
+                return False
+            self._touch(key)  # either way, a read in flight may be older: void it
+            if not held or key not in self.data:
+                self._drop(key)
+                self.negative.pop(key, None)
+                return False
+            expires_at = self._now() + ttl
+            return self._insert(key, value, expires_at, expires_at, tags, version=version)
 
     def stale(self, key: str) -> Entry | None:
         """The entry for ``key`` if it is past its fresh time but within its stale window
@@ -257,6 +290,8 @@ class LocalStore:
             for key in self.negative:
                 self._untag(key)
             self.negative.clear()
+            if self._versions:
+                self._versions.clear()  # what a gap keeps may be of another server's life
             self._suspended = None
             for key, entry in list(self.data.items()):
                 if gap and entry[USABLE] > entry[EXPIRES]:
@@ -360,6 +395,8 @@ class LocalStore:
     def _drop(self, key: str) -> bool:
         if self._key_tags:
             self._untag(key)
+        if self._versions:
+            self._versions.pop(key, None)
         entry = self.data.pop(key, None)
         if entry is None:
             return False
@@ -369,7 +406,7 @@ class LocalStore:
         return True
 
     def _insert(self, key: str, value: Any, expires_at: float, usable_until: float,
-                tags: tuple[str, ...] = ()) -> bool:
+                tags: tuple[str, ...] = (), *, version: int = 0) -> bool:
         """Store ``key``, if it is resident or wins a place (see the module doc)."""
         data = self.data
         if self.negative:
@@ -388,6 +425,12 @@ class LocalStore:
             self._gone_hits -= wanted  # asked for before it was let in: not hits
         if tags:
             self._tag(key, tags)
+        versions = self._versions
+        if versions is not None:
+            if version:
+                versions[key] = version
+            else:
+                versions.pop(key, None)
         return True
 
     def _count_miss(self, key: str) -> int:

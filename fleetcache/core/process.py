@@ -13,12 +13,15 @@ from collections.abc import Callable
 
 import redis
 
+from ..observe.report import Observed, Reporter
 from ..redis.bus import InvalidationBus
 from ..redis.client import make_client
 from ..redis.keys import KeyLayout
 from ..redis.lane import CommandLane
 from ..redis.locks import FleetLock
+from ..redis.quorum import QuorumLocks, QuorumStore
 from ..redis.replay import ReplayLog
+from ..redis.sentinel import PrimaryWatch, SentinelLane, sentinel_pool
 from ..redis.store import RedisStore
 from ..redis.streams import Streams
 from .clock import Clock
@@ -48,10 +51,20 @@ class ProcessState:
         pool = self.client.connection_pool
         # Hot commands skip redis-py's per-command pool checkout (fleetcache.redis.lane); at
         # most half the pool idles there, and blocking stream reads borrow those first.
-        lane = CommandLane(pool, keep=max(1, pool.max_connections // 2))
-        self.l2: L2Store = RedisStore(
-            self.client, keys, lane, fill_lease_ms=int(config.fill_lease * 1000),
-            log_length=config.replay_log_length, log_age_ms=int(config.replay_log_age * 1000))
+        # Under Sentinel the lane never keeps a connection to a former primary, and the
+        # listener's watchdog asks where the primary is (fleetcache.redis.sentinel).
+        managed = sentinel_pool(self.client)
+        lane = (CommandLane if managed is None else SentinelLane)(
+            pool, keep=max(1, pool.max_connections // 2))
+        store = {"fill_lease_ms": int(config.fill_lease * 1000),
+                 "log_length": config.replay_log_length,
+                 "log_age_ms": int(config.replay_log_age * 1000)}
+        if config.lock_masters:  # the fill lock by quorum (fleetcache.redis.quorum)
+            quorum = QuorumLocks([make_client(config.replace(url=url, lock_masters=()))
+                                  for url in config.lock_masters])
+            self.l2: L2Store = QuorumStore(self.client, keys, lane, quorum=quorum, **store)
+        else:
+            self.l2 = RedisStore(self.client, keys, lane, **store)
         self.streams = Streams(self.client, keys, lane, config.stream_timeout_margin)
         # One compute of a key at a time in this process, its outcome shared.
         self.flights = Flights(patience=config.lock_timeout + WAIT_SLACK)
@@ -71,10 +84,19 @@ class ProcessState:
         self.bus: Bus = InvalidationBus(
             self.client, channel=keys.channel, codec=codec, config=config, clock=clock,
             counters=counters, receiver=receiver,
+            primary_moved=None if managed is None else PrimaryWatch(managed, lane),
             log=(ReplayLog(self.client, keys, config.replay_log_length)
                  if config.replay_log_length else None),
         )
         self.bus.start()
+        # This process's stats snapshot for the fleet view (fleetcache.observe.report). The
+        # receiver is the cache's Tiers: it holds the L1 and counters the reporter reads.
+        self.reporter: Reporter | None = None
+        if config.stats_interval and isinstance(receiver, Observed):
+            self.reporter = Reporter(
+                self.client, keys, receiver, self.bus, interval=config.stats_interval,
+                max_listener_lag=config.max_listener_lag, clock=clock)
+            self.reporter.start()
 
     def fill_lock(self, key: str) -> FillLock:
         """A fresh fleet lock on ``key``'s compute (one per acquisition)."""
@@ -90,6 +112,8 @@ class ProcessState:
         """Stop the listener and close every connection (of a pool we built)."""
         self.closed = True
         self.refresh_wake.set()  # the refresh dispatcher, if any, ends
+        if self.reporter is not None:  # retires this worker while the pool is still open
+            self.reporter.stop()
         self.bus.stop()
         self.l2.close()
         if self._owns_client:

@@ -44,12 +44,16 @@ class ReadPath:
             return entry[0]
         proc = tiers.process()
         seq = tiers.l1.seq
+        version = 0
         try:
-            blob = proc.l2.get(key)
+            if tiers.versioned:  # how new the value is, for update notices
+                (blob,), version = proc.l2.get_many_versioned((key,))
+            else:
+                blob = proc.l2.get(key)
         except BackendError as exc:
             tiers.read_failed(exc)
             blob = None
-        value = tiers.accept(key, blob, seq)
+        value = tiers.accept(key, blob, seq, version)
         if value is MISSING:
             tiers.counters.misses += 1
             return default
@@ -86,8 +90,12 @@ class ReadPath:
             return found
         proc = tiers.process()
         seq = l1.seq
+        version = 0
         try:
-            blobs: list[bytes | None] = proc.l2.get_many(cold)
+            if tiers.versioned:
+                blobs, version = proc.l2.get_many_versioned(cold)
+            else:
+                blobs = proc.l2.get_many(cold)
         except BackendError as exc:
             tiers.read_failed(exc)
             blobs = [None] * len(cold)
@@ -104,5 +112,5 @@ class ReadPath:
             found[key] = value
             counters.l2_hits += 1
             promote.append((key, value, min(l1_ttl, left), decoded[2]))  # type: ignore[index]
-        counters.promotions += l1.store_many_if_unchanged(promote, seq)
+        counters.promotions += l1.store_many_if_unchanged(promote, seq, version)
         return found

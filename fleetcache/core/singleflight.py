@@ -283,8 +283,9 @@ class SingleFlight:
         if fill.type is not None and value is not NOT_FOUND:  # what every reader will
             tiers.convert(key, served, fill.type)  # convert: it must fit first
         try:
-            outcome = proc.l2.store_fill(key, blob, int((ttl + stale_ttl) * 1000), lock,
-                                         proc.bus.message(key), refresh=refresh, tags=tags)
+            outcome, version = proc.l2.store_fill(
+                key, blob, int((ttl + stale_ttl) * 1000), lock, proc.bus.message(key),
+                refresh=refresh, tags=tags, published=tiers.notice(key, blob))
         except BackendError as exc:
             tiers.read_failed(exc)
             return False, served
@@ -292,7 +293,7 @@ class SingleFlight:
             tiers.l1.put_negative(key, min(ttl, tiers.l1_ttl()), seq, tags)
         elif outcome is FillOutcome.STORED:
             tiers.keep(key, served, ttl, seq, stale_ttl=stale_ttl, ahead=fill.ahead,
-                       written=True, tags=tags)
+                       written=True, tags=tags, version=version)
         elif outcome is FillOutcome.REVOKED:
             tiers.counters.fills_revoked += 1
             took = time.monotonic() - started

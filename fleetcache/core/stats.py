@@ -31,6 +31,8 @@ class CacheStats:
     ``l1_flushes`` the times it dropped the whole L1 (a remote ``clear()``, a gap the log
     could not cover, an external ``FLUSHALL``; not the first subscription's), and
     ``l1_suspended_s`` the seconds L1 spent held back waiting for a replay.
+    ``l1_updates`` the entries replaced in place by another process's write
+    (``sync_strategy="update"``) instead of being dropped.
     """
 
     l1_hits: int
@@ -57,6 +59,7 @@ class CacheStats:
     invalidations_replayed: int
     l1_flushes: int
     l1_suspended_s: float
+    l1_updates: int
 
     @property
     def lookups(self) -> int:
@@ -111,6 +114,7 @@ class Counters:
     invalidations_replayed: int = 0
     l1_flushes: int = 0
     l1_suspended_s: float = 0.0
+    l1_updates: int = 0
 
 
 @dataclass(frozen=True, slots=True)

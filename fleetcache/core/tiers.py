@@ -45,7 +45,7 @@ class Tiers:
     """L1, counters and the lazily built :class:`ProcessState` of one cache in one process."""
 
     __slots__ = ("_client", "_init_lock", "_proc", "_url_from_env", "clock", "closed",
-                 "codec", "config", "counters", "keys", "l1")
+                 "codec", "config", "counters", "keys", "l1", "versioned")
 
     def __init__(
         self, config: CacheConfig, keys: KeyLayout, codec: Codec, clock: Clock, *,
@@ -56,7 +56,11 @@ class Tiers:
         self.codec = codec
         self.clock = clock
         self.counters = Counters()
-        self.l1 = LocalStore(config.l1_capacity, clock, self.counters)
+        #: Whether writes send their values (``sync_strategy="update"``): then L1 entries
+        #: carry versions, and reads fetch the position with their values.
+        self.versioned = config.sync_strategy == "update"
+        self.l1 = LocalStore(config.l1_capacity, clock, self.counters,
+                             versioned=self.versioned)
         self.closed = closed
         self._client = client
         self._url_from_env = url_from_env
@@ -108,6 +112,29 @@ class Tiers:
         if proc is not None:
             proc.wake_waiter(key)
             proc.throttled.pop(key, None)
+
+    def update(self, key: str, blob: bytes, version: int) -> None:
+        """Another process wrote ``blob`` under ``key`` at ``version``
+        (``sync_strategy="update"``): replace our older copy, if we hold one."""
+        decoded = self.decode(key, blob)
+        left = self.servable_left(decoded, self.clock.time())
+        if left <= 0:  # unreadable, or not a value plain reads serve: drop ours
+            self.invalidate(key)
+            return
+        value, _, tags = decoded  # type: ignore[misc]
+        if self.l1.update(key, value, min(self.l1_ttl(), left), version, tags):
+            self.counters.l1_updates += 1
+        self._dropped((key,))
+
+    def notice(self, key: str, blob: bytes | None) -> bytes | None:
+        """What to publish for a write of ``blob`` under ``key`` if it is not the plain
+        invalidation: under ``sync_strategy="update"``, the notice carrying the value
+        (when it fits ``sync_value_limit``). None otherwise."""
+        proc = self._proc
+        if (not self.versioned or blob is None or proc is None
+                or len(blob) > self.config.sync_value_limit):
+            return None
+        return proc.bus.message(key, blob)
 
     def invalidate_tag(self, tag: str) -> None:
         """Another process invalidated ``tag``: drop every entry carrying it."""
@@ -162,17 +189,18 @@ class Tiers:
             return self.config.l1_ttl
         return min(self.config.l1_ttl, self.config.degraded_l1_ttl)
 
-    def accept(self, key: str, blob: bytes | None, seq: int) -> Any:
+    def accept(self, key: str, blob: bytes | None, seq: int, version: int = 0) -> Any:
         """Decode an L2 reply and promote it into L1 if no invalidation raced the read;
         :data:`MISSING` if there was nothing usable. A value past its fresh time (kept in
         L2 for a stale window) is :data:`MISSING` here: only ``get_or_compute`` with a
-        ``stale_ttl`` serves it."""
+        ``stale_ttl`` serves it. ``version``: what the read is at least as new as."""
         decoded = self.decode(key, blob)
         left = self.servable_left(decoded, self.clock.time())
         if left <= 0:
             return MISSING
         value = decoded[0]  # type: ignore[index]
-        if self.keep(key, value, left, seq, tags=decoded[2]):  # type: ignore[index]
+        if self.keep(key, value, left, seq, tags=decoded[2],  # type: ignore[index]
+                     version=version):
             self.counters.promotions += 1
         return value
 
@@ -200,7 +228,7 @@ class Tiers:
 
     def keep(self, key: str, value: Any, left: float, seq: int, *, stale_ttl: float = 0.0,
              ahead: float = 0.0, written: bool = False,
-             tags: tuple[str, ...] = NO_TAGS) -> bool:
+             tags: tuple[str, ...] = NO_TAGS, version: int = 0) -> bool:
         """Put a value read (or computed) at ``seq`` into L1, with ``left`` seconds of
         freshness (negative: stale already) and a ``stale_ttl`` window after that, unless an
         invalidation raced it; whether L1 took it. With ``ahead`` (refresh-ahead), L1's
@@ -208,14 +236,16 @@ class Tiers:
         entry and asks for a refresh. ``written``: this process just stored ``value`` in L2
         (a fill or a refresh): kept as its own write is, so that a concurrent read of the
         older value cannot promote it over this one. ``tags``: the value's, so that an
-        ``invalidate_tag`` notice finds it."""
+        ``invalidate_tag`` notice finds it; ``version``: how new it is (0: unknown), so
+        that an update notice replaces it only with a newer value."""
         ttl = min(self.l1_ttl(), left - ahead)
         stale_for = left + stale_ttl - ttl if stale_ttl > 0 or ahead > 0 else 0.0
         if ttl + stale_for <= 0:
             return False
         if written:
-            return self.l1.put(key, value, ttl, seq, stale_for, tags=tags)
-        return self.l1.store_if_unchanged(key, value, ttl, seq, stale_for, tags=tags)
+            return self.l1.put(key, value, ttl, seq, stale_for, tags=tags, version=version)
+        return self.l1.store_if_unchanged(key, value, ttl, seq, stale_for, tags=tags,
+                                          version=version)
 
     def decode(self, key: str, blob: bytes | None) -> Decoded | None:
         """``(value, expires_at_ms, tags)`` of an L2 reply; None if absent, corrupt or

@@ -49,15 +49,17 @@ class Writes:
         with proc.writes.hold(key):
             seq = l1.seq
             try:
-                proc.l2.set_and_publish(key, blob, int(seconds * 1000), proc.bus.message(key),
-                                        tags=tag_list)
+                _, version = proc.l2.set_and_publish(
+                    key, blob, int(seconds * 1000), proc.bus.message(key), tags=tag_list,
+                    published=tiers.notice(key, blob))
             except BackendError:
                 l1.invalidate(key)  # unknown outcome: never keep the old value locally
                 raise
             tiers.counters.invalidations_sent += 1
             # A newer write from elsewhere may have landed (and its notice been applied)
             # between our SET and its reply: then ours is not the current value.
-            l1.put(key, value, min(seconds, tiers.l1_ttl()), seq, tags=tag_list)
+            l1.put(key, value, min(seconds, tiers.l1_ttl()), seq, tags=tag_list,
+                   version=version)
 
     def add(self, key: str, value: Any, ttl: float | None,
             strategy: CacheStrategy | None) -> bool:
@@ -68,11 +70,13 @@ class Writes:
             seq = tiers.l1.seq
             # A full notice even where L2 held nothing: another L1 may still hold a value
             # that vanished from L2 without one (FLUSHDB, eviction).
-            stored = proc.l2.set_and_publish(
+            stored, version = proc.l2.set_and_publish(
                 key, blob, int(seconds * 1000), proc.bus.message(key), only_if_absent=True,
+                published=tiers.notice(key, blob),
             )
             if stored:
-                tiers.l1.store_if_unchanged(key, value, min(seconds, tiers.l1_ttl()), seq)
+                tiers.l1.store_if_unchanged(key, value, min(seconds, tiers.l1_ttl()), seq,
+                                            version=version)
         return stored
 
     def set_many(self, mapping: Mapping[str, Any], ttl: float | None,
@@ -96,13 +100,14 @@ class Writes:
         seq = tiers.l1.seq
         keys = [key for key, _ in items]
         try:
-            proc.l2.set_many_and_publish(blobs, proc.bus.message(keys), tag_list)
+            # One notice for all, an invalidation whatever the sync_strategy.
+            version = proc.l2.set_many_and_publish(blobs, proc.bus.message(keys), tag_list)
         except BackendError:
             for key in keys:
                 tiers.l1.invalidate(key)  # unknown outcome: never keep old values locally
             raise
         tiers.counters.invalidations_sent += len(items)
-        tiers.l1.put_many(items, min(seconds, tiers.l1_ttl()), seq, tag_list)
+        tiers.l1.put_many(items, min(seconds, tiers.l1_ttl()), seq, tag_list, version)
 
     def incr(self, key: str, delta: int, ttl: float | None,
              strategy: CacheStrategy | None) -> int:
@@ -127,14 +132,15 @@ class Writes:
                 new_blob, new = tiers.encode(key, current + delta, seconds)
                 seq = l1.seq
                 try:
-                    done = proc.l2.check_and_set(key, blob, new_blob, int(seconds * 1000),
-                                                 proc.bus.message(key))
+                    done, version = proc.l2.check_and_set(
+                        key, blob, new_blob, int(seconds * 1000), proc.bus.message(key),
+                        published=tiers.notice(key, new_blob))
                 except BackendError:
                     l1.invalidate(key)  # unknown outcome
                     raise
                 if done:
                     tiers.counters.invalidations_sent += 1
-                    l1.put(key, new, min(seconds, tiers.l1_ttl()), seq)
+                    l1.put(key, new, min(seconds, tiers.l1_ttl()), seq, version=version)
                     return new  # type: ignore[no-any-return]
         raise BackendError(f"incr of {key!r}: {_INCR_ATTEMPTS} concurrent writes of the key "
                            f"came first in a row; try again")

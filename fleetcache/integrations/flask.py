@@ -38,6 +38,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final, ParamSpec
 from urllib.parse import quote, urlencode
 
+import redis
 from flask import Flask, Response, current_app, has_app_context, make_response, request
 from flask.typing import ResponseReturnValue
 
@@ -45,9 +46,12 @@ from ..core.config import SETTINGS, check_setting_names
 from ..core.errors import ConfigError
 from ..core.front import FleetCache
 from ..core.strategy import CacheStrategy, resolve_ttl
+from ..observe.fleet import read_cache_fleet
+from ..observe.prometheus import CONTENT_TYPE, render
 
 __all__ = [
     "EXTENSION_KEY", "FleetCacheExtension", "cache_for", "cache_options", "current_cache",
+    "metrics_view", "register_metrics",
 ]
 
 logger = logging.getLogger("fleetcache")
@@ -144,6 +148,15 @@ class FleetCacheExtension:
             return current_cache()
         return cache_for(self._app)
 
+    def metrics_view(self) -> Callable[[], Response]:
+        """:func:`metrics_view` of the current app's cache (``app.add_url_rule("/metrics",
+        view_func=ext.metrics_view())``)."""
+        return metrics_view()
+
+    def register_metrics(self, app: Flask, path: str = "/metrics") -> None:
+        """Serve the fleet's Prometheus metrics at ``path`` on ``app``."""
+        register_metrics(app, path)
+
     def cached_view(
         self,
         ttl: float | None = None,
@@ -203,6 +216,30 @@ class FleetCacheExtension:
             return wrapper
 
         return decorate
+
+
+def metrics_view(cache: FleetCache | None = None) -> Callable[[], Response]:
+    """A view answering with the whole fleet's Prometheus metrics (every worker on every
+    host, from the fleet view in Redis: see :mod:`fleetcache.observe.prometheus`), for
+    ``cache``, or the current app's cache if None. 503 when Redis cannot be read. Wrap it
+    in the app's own auth decorator if the metrics are not public."""
+
+    def fleetcache_metrics() -> Response:
+        target = current_cache() if cache is None else cache
+        try:
+            body = render(read_cache_fleet(target))
+        except (redis.RedisError, OSError) as exc:
+            return Response(f"fleetcache: fleet view unreadable: {exc}\n", status=503,
+                            mimetype="text/plain")
+        return Response(body, content_type=CONTENT_TYPE)
+
+    return fleetcache_metrics
+
+
+def register_metrics(app: Flask, path: str = "/metrics", cache: FleetCache | None = None,
+                     endpoint: str = "fleetcache_metrics") -> None:
+    """Serve :func:`metrics_view` at ``path`` (GET) on ``app``."""
+    app.add_url_rule(path, endpoint=endpoint, view_func=metrics_view(cache), methods=["GET"])
 
 
 def _view_key(prefix: str, max_length: int) -> str:

@@ -42,6 +42,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -52,7 +53,7 @@ from ..core.config import CacheConfig
 from ..core.errors import CorruptValueError
 from ..core.protocols import BusReceiver, Target
 from ..core.stats import Counters
-from .replay import Identity, Position, ReplayLog, parse_position
+from .replay import Identity, Position, ReplayLog, parse_position, version_of
 
 logger = logging.getLogger("fleetcache")
 
@@ -61,6 +62,10 @@ _POLL = 0.1  # longest sleep in get_message: bounds how late stop() and the watc
 
 class _BusStalledError(Exception):
     """The watchdog's PING got no PONG in time."""
+
+
+class _PrimaryMovedError(_BusStalledError):
+    """The sentinels moved the primary away from the listener's connection."""
 
 
 class InvalidationBus:
@@ -77,8 +82,12 @@ class InvalidationBus:
         clock: Clock,
         counters: Counters,
         receiver: BusReceiver,
+        primary_moved: Callable[[Any], bool] | None = None,
     ) -> None:
         self.sender_id = os.urandom(8)
+        # Sentinel only (fleetcache.redis.sentinel.PrimaryWatch): asked on each watchdog
+        # beat whether the primary left the listener's connection.
+        self._primary_moved = primary_moved
         self.connected = False
         self._client = client
         self._channel = channel
@@ -100,16 +109,19 @@ class InvalidationBus:
         self._identity: Identity | None = None
         self._suspended_at: float | None = None
 
-    def message(self, key: Target) -> bytes:
+    def message(self, key: Target, value: bytes | None = None) -> bytes:
         """The notice for ``key`` (a list: several keys; None: flush everything; a dict: a
         tag or a prefix, see :data:`~fleetcache.core.protocols.Target`), with our sender
-        id.
+        id; with ``value`` (one key's new envelope bytes, ``sync_strategy="update"``), the
+        notice that carries it.
 
         Every notice invalidates, fills included: a value can vanish from L2 without one
         (FLUSHDB, maxmemory eviction), and then another process may still hold the old
         one in L1. The third element is always false: version 0.1 listeners read it as
         "only wake waiters", which is what a 0.1 fill meant.
         """
+        if value is not None:
+            return self._codec.encode_payload((self.sender_id, key, False, value))
         return self._codec.encode_payload((self.sender_id, key, False))
 
     def await_lease(self, timeout: float) -> bool:
@@ -179,6 +191,10 @@ class InvalidationBus:
                 if pending is not None and now > pending[1]:
                     raise _BusStalledError("no PONG within health_check_timeout")
                 if pending is None and now >= next_ping:
+                    if (self._primary_moved is not None
+                            and self._primary_moved(pubsub.connection)):
+                        raise _PrimaryMovedError("the sentinels moved the primary")
+                    now = time.monotonic()  # the watch may have taken a round trip
                     token = os.urandom(6).hex().encode()
                     pending = (token, now + self._config.health_check_timeout)
                     pubsub.ping(token)
@@ -221,17 +237,21 @@ class InvalidationBus:
                 if position <= self._position:
                     return  # replayed already
                 self._position = position
-        self._apply(notice)
+        self._apply(notice, version=version_of(head))
 
-    def _apply(self, data: bytes, replayed: bool = False) -> None:
+    def _apply(self, data: bytes, replayed: bool = False, version: int = 0) -> None:
         try:
-            sender, key, _ = self._codec.decode_payload(data)
+            sender, key, _, *value = self._codec.decode_payload(data)
         except (CorruptValueError, TypeError, ValueError):
             self._unreadable()
             return
         if sender == self.sender_id:
             return  # our own write: already applied locally, in order
         counters = self._counters
+        if value and version and isinstance(key, str) and isinstance(value[0], bytes):
+            counters.invalidations_received += 1  # an update is an invalidation, kept
+            self._receiver.update(key, value[0], version)
+            return
         if key is None:
             counters.invalidations_received += 1
             self._flush(False)

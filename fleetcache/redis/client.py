@@ -3,7 +3,8 @@
 Built clients get short, bounded timeouts everywhere (a cache that waits seconds for a sick
 Redis is worse than a miss). A client the application already has is used as it is, with
 its own pool and timeouts: fleetcache then never closes its pool, since the application
-owns it.
+owns it. A ``redis+sentinel://`` URL builds a client on the primary the sentinels name
+(:mod:`fleetcache.redis.sentinel`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from ..core.config import CacheConfig
+from ..core.config import SENTINEL_SCHEMES, CacheConfig, parse_sentinel_url
 from ..core.errors import ConfigError
+from .sentinel import make_sentinel_client
 
 
 def make_client(config: CacheConfig) -> redis.Redis:
@@ -28,6 +30,8 @@ def make_client(config: CacheConfig) -> redis.Redis:
         config.retries,
         supported_errors=(redis.ConnectionError,),
     )
+    if config.url.startswith(SENTINEL_SCHEMES):
+        return make_sentinel_client(config, parse_sentinel_url(config.url), retry)
     pool = redis.BlockingConnectionPool.from_url(
         config.url,
         max_connections=config.max_connections,

@@ -30,9 +30,10 @@ class KeyLayout:
     channel       ``{ns}:inv``                                the same
     replay log    ``{ns}:log``                                the same
     epoch         ``{ns}:epoch``                              the same
+    position      ``{ns}:pos``                                the same
     tag set       ``{ns}:t:{tag}``                            the same
     stream        ``{ns}:s:{name}``                           the same
-    workers       ``{ns}:w`` (hash, field ``{host}:{pid}``)   ``{ns}:w:{{ns}:w}``
+    workers       ``{ns}:w`` (hash: ``{host}:{pid}:{id}``)    ``{ns}:w:{{ns}:w}``
     worker TTLs   ``{ns}:w:live`` (sorted set)                ``{ns}:w:live:{{ns}:w}``
     folded        ``{ns}:w:folded`` (sorted set)              ``{ns}:w:folded:{{ns}:w}``
     retired       ``{ns}:w:retired`` (hash)                   ``{ns}:w:retired:{{ns}:w}``
@@ -57,6 +58,7 @@ class KeyLayout:
     channel: str = field(init=False)
     log: str = field(init=False)
     epoch: str = field(init=False)
+    position: str = field(init=False)
     _lock_prefix: str = field(init=False)
     _stream_prefix: str = field(init=False)
     _tag_prefix: str = field(init=False)
@@ -77,6 +79,9 @@ class KeyLayout:
         # namespace was flushed from outside (FLUSHALL, a restart without persistence).
         set_(self, "log", f"{ns}:log")
         set_(self, "epoch", f"{ns}:epoch")
+        # The id of the last notice logged: the version of the last write, read with
+        # values so a reader knows how new they are (sync_strategy="update").
+        set_(self, "position", f"{ns}:pos")
         # The fleet view (fleetcache.observe): one slot for the four under hash tags.
         fleet_tag = "{" + ns + ":w}" if self.hash_tags else ""
         for attr, name in (("workers", "w"), ("workers_live", "w:live"),

@@ -60,6 +60,18 @@ def parse_position(raw: bytes | str) -> Position:
     return int(ms), int(seq or 0)
 
 
+_SEQ_SPAN = 1 << 32  # stream ids within one millisecond: far fewer than this
+
+
+def version_of(entry_id: bytes | str | None) -> int:
+    """A write's version, from its log entry id (``b"1733150000000-3"``): one int, ordered
+    as Redis ordered the writes. 0 where there is none (no log, nothing written yet)."""
+    if not entry_id:
+        return 0
+    ms, seq = parse_position(entry_id)
+    return ms * _SEQ_SPAN + seq
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
     """Which server and which life of the namespace a position belongs to."""

@@ -22,6 +22,7 @@ from ..core.protocols import FillLock, FillOutcome
 from .errors import mapped_errors
 from .keys import KeyLayout, glob_escape
 from .lane import CommandLane
+from .replay import version_of
 
 _DISCARD = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -70,12 +71,19 @@ return {1, 0}
 # of 0 turns the log off: the id is empty, every gap flushes L1, and the log is deleted, so
 # that processes keeping one do not trust a log without these notices.
 #
-# Its arguments are the last ones of each script: KEYS[#KEYS] is the log; ARGV ends with
-# channel, notice, log length, log age ms. A script is not rolled back when a command in it
-# fails (an ACL without the channel, say): each write script notifies first, so a failure
-# leaves at worst a notice without a write (harmless: readers re-read L2), never a write
-# without its notice. Readers cannot tell the order apart: nothing runs between a
-# script's commands.
+# The entry id is also the write's *version*: stored under the namespace's position key
+# (KeyLayout.position) and returned by the script, so a reader that MGETs a value with the
+# position knows every write up to that id is in what it read, and a writer knows its own
+# write's place in the order (sync_strategy="update": fleetcache.redis.bus). A notice may
+# be published with more than what is logged (the new value, under "update"): the log keeps
+# only the invalidation, and a replay invalidates.
+#
+# Its arguments are the last ones of each script: KEYS ends with the position key and the
+# log; ARGV ends with channel, notice, the notice to publish ('' for the same), log length,
+# log age ms. A script is not rolled back when a command in it fails (an ACL without the
+# channel, say): each write script notifies first, so a failure leaves at worst a notice
+# without a write (harmless: readers re-read L2), never a write without its notice.
+# Readers cannot tell the order apart: nothing runs between a script's commands.
 _NOTIFY = """
 local function notify()
   local n = #ARGV
@@ -83,24 +91,30 @@ local function notify()
   local length = tonumber(ARGV[n - 1])
   if length > 0 then
     local log = KEYS[#KEYS]
-    id = redis.call('XADD', log, 'MAXLEN', '~', length, '*', 'n', ARGV[n - 2])
-    local now = redis.call('TIME')
-    local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - ARGV[n]
+    id = redis.call('XADD', log, 'MAXLEN', '~', length, '*', 'n', ARGV[n - 3])
+    -- The new id starts with the server's time in ms (never TIME: an ACL user of the
+    -- deploy guide may not run it).
+    local oldest = tonumber(string.match(id, '^(%d+)')) - ARGV[n]
     if oldest > 0 then redis.call('XTRIM', log, 'MINID', '~', oldest) end
+    redis.call('SET', KEYS[#KEYS - 1], id)
   else
     redis.call('DEL', KEYS[#KEYS])
   end
-  redis.call('PUBLISH', ARGV[n - 3], id .. '|' .. ARGV[n - 2])
+  local published = ARGV[n - 2]
+  if published == '' then published = ARGV[n - 3] end
+  redis.call('PUBLISH', ARGV[n - 4], id .. '|' .. published)
+  return id
 end
 """
 
 # Tags: a write with tags adds its key to each tag's set (KeyLayout.tag), whose life is
 # raised to the value's if shorter (a set without expiry keeps none). The tag sets' KEYS
-# come after the script's own, before the log; the key itself is in ARGV (a set holds
-# cache keys, not Redis names: invalidate_tag maps them back through the layout).
+# come after the script's own, before the position key and the log; the key itself is in
+# ARGV (a set holds cache keys, not Redis names: invalidate_tag maps them back through the
+# layout).
 _TAG = """
 local function tag(first, member, ms)
-  for i = first, #KEYS - 1 do
+  for i = first, #KEYS - 2 do
     local left = redis.call('PTTL', KEYS[i])
     redis.call('SADD', KEYS[i], member)
     if left ~= -1 and left < tonumber(ms) then redis.call('PEXPIRE', KEYS[i], ms) end
@@ -108,21 +122,21 @@ local function tag(first, member, ms)
 end
 """
 
-# KEYS: value, lock, lease, tag sets, log; ARGV: blob, ms, token, "refresh" or "", the key
-# (if tagged), notify's four.
+# KEYS: value, lock, lease, tag sets, notify's two; ARGV: blob, ms, token, "refresh" or "",
+# the key (if tagged), notify's five.
 # Releases the lock (pottery's compare-and-delete) whatever happens; stores only under a
 # live lease and, unless it is a refresh (which replaces the stale value its lease was
 # taken on), only where L2 holds nothing (a set() during the compute is newer, and revoked
-# the lease anyway). Reply {stored, released, leased}.
+# the lease anyway). Reply {stored, released, leased, version}.
 _STORE_FILL = _NOTIFY + _TAG + """
 local released = 0
 if redis.call('GET', KEYS[2]) == ARGV[3] then released = redis.call('DEL', KEYS[2]) end
 if redis.call('SREM', KEYS[3], ARGV[3]) == 0 then return {0, released, 0} end
 if ARGV[4] ~= 'refresh' and redis.call('EXISTS', KEYS[1]) == 1 then return {0, released, 1} end
-notify()
+local id = notify()
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 tag(4, ARGV[5], ARGV[2])
-return {1, released, 1}
+return {1, released, 1, id}
 """
 
 # KEYS: lock, lease; ARGV: token, hold ms. A fill that stores nothing (its compute raised)
@@ -136,49 +150,50 @@ if tonumber(ARGV[2]) > 0 then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return redis.call('DEL', KEYS[1])
 """
 
-# KEYS: value, lease, tag sets, log; ARGV: blob, ms, "NX" or "", the key (if tagged),
-# notify's four. Reply 1 if stored.
+# KEYS: value, lease, tag sets, notify's two; ARGV: blob, ms, "NX" or "", the key (if
+# tagged), notify's five. Reply {1, version} if stored, {0, ''} if NX lost.
 _SET_PUBLISH = _NOTIFY + _TAG + """
-if ARGV[3] == 'NX' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-notify()
+if ARGV[3] == 'NX' and redis.call('EXISTS', KEYS[1]) == 1 then return {0, ''} end
+local id = notify()
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('DEL', KEYS[2])
 tag(3, ARGV[4], ARGV[2])
-return 1
+return {1, id}
 """
 
-# KEYS: value, lease, log; ARGV: expected blob ('' for "absent": no envelope is empty), new
-# blob, ms, notify's four. Reply 1 if L2 still held the expected bytes and now the new.
+# KEYS: value, lease, notify's two; ARGV: expected blob ('' for "absent": no envelope is
+# empty), new blob, ms, notify's five. Reply {1, version} if L2 still held the expected
+# bytes and now the new, else {0, ''}.
 _CHECK_AND_SET = _NOTIFY + """
-if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 0 end
-notify()
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return {0, ''} end
+local id = notify()
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('DEL', KEYS[2])
-return 1
+return {1, id}
 """
 
-# KEYS: n values, then their n leases, then tag sets, then the log; ARGV: n, a blob and its
-# ms per key (each its own TTL: see ttl_jitter), the n keys if tagged, then notify's four
-# (one notice for all).
+# KEYS: n values, then their n leases, then tag sets, then notify's two; ARGV: n, a blob and
+# its ms per key (each its own TTL: see ttl_jitter), the n keys if tagged, then notify's
+# five (one notice for all). Reply: the version.
 _SET_MANY_PUBLISH = _NOTIFY + _TAG + """
 local n = tonumber(ARGV[1])
-notify()
+local id = notify()
 for i = 1, n do
   redis.call('SET', KEYS[i], ARGV[2 * i], 'PX', ARGV[2 * i + 1])
   redis.call('DEL', KEYS[n + i])
 end
-if #KEYS > 2 * n + 1 then
+if #KEYS > 2 * n + 2 then
   local longest = 0
   for i = 1, n do longest = math.max(longest, tonumber(ARGV[2 * i + 1])) end
   for i = 1, n do tag(2 * n + 1, ARGV[2 * n + 1 + i], longest) end
 end
-return n
+return id
 """
 
-# KEYS: n values, then their n leases, then the log; ARGV: notify's four. Reply: values
+# KEYS: n values, then their n leases, then notify's two; ARGV: notify's five. Reply: values
 # deleted.
 _DELETE_PUBLISH = _NOTIFY + """
-local n = (#KEYS - 1) / 2
+local n = (#KEYS - 2) / 2
 notify()
 local deleted = 0
 for i = 1, n do
@@ -188,7 +203,7 @@ end
 return deleted
 """
 
-# KEYS: the log; ARGV: notify's four. A notice with no write (clear()'s flush, and the
+# KEYS: notify's two; ARGV: notify's five. A notice with no write (clear()'s flush, and the
 # notices around invalidate_tag's and delete_prefix's batches).
 _PUBLISH = _NOTIFY + """
 notify()
@@ -239,9 +254,14 @@ class RedisStore:
         self._publish = client.register_script(_PUBLISH)
         self._delete_batch = client.register_script(_DELETE_BATCH)
 
-    def _notify(self, message: bytes) -> tuple[str | bytes | int, ...]:
-        """The four arguments every notifying script ends with (see ``_NOTIFY``)."""
-        return (self.keys.channel, message, *self._log)
+    def _notify(self, message: bytes,
+                published: bytes | None = None) -> tuple[str | bytes | int, ...]:
+        """The five arguments every notifying script ends with (see ``_NOTIFY``)."""
+        return (self.keys.channel, message, published or b"", *self._log)
+
+    def _tail(self) -> tuple[str, str]:
+        """The two keys every notifying script ends with (see ``_NOTIFY``)."""
+        return self.keys.position, self.keys.log
 
     def close(self) -> None:
         """Give the lane's idle connections back to the pool."""
@@ -263,6 +283,15 @@ class RedisStore:
         with mapped_errors("MGET"):
             return self._lane.execute(  # type: ignore[no-any-return]
                 "MGET", *[value(k) for k in keys])
+
+    def get_many_versioned(self, keys: Sequence[str]) -> tuple[list[bytes | None], int]:
+        """:meth:`get_many`, and the version every value read is at least as new as (the
+        namespace's position: 0 if unknown), in the same MGET."""
+        value = self.keys.value
+        with mapped_errors("MGET"):
+            *blobs, position = self._lane.execute(
+                "MGET", *[value(k) for k in keys], self.keys.position)
+        return blobs, version_of(position)
 
     def get_and_check_lock(self, key: str) -> tuple[bytes | None, bytes | None]:
         """The value and its fill lock's holder token (None: free), in one MGET."""
@@ -299,45 +328,53 @@ class RedisStore:
     def set_and_publish(
         self, key: str, blob: bytes, ttl_ms: int, message: bytes, *,
         only_if_absent: bool = False, tags: Sequence[str] = (),
-    ) -> bool:
+        published: bytes | None = None,
+    ) -> tuple[bool, int]:
         """SET (NX for ``add``), revoke fills, add ``key`` to its ``tags``' sets, and, if
-        stored, PUBLISH ``message``; False if NX lost."""
+        stored, send ``message`` (publishing ``published`` instead, if given); (stored,
+        the write's version), stored False if NX lost."""
         keys = self.keys
         with mapped_errors("SET"):
-            return bool(self._lane.run_script(
-                self._set, [keys.value(key), keys.lease(key), *map(keys.tag, tags), keys.log],
+            stored, version = self._lane.run_script(
+                self._set, [keys.value(key), keys.lease(key), *map(keys.tag, tags),
+                            *self._tail()],
                 [blob, ttl_ms, "NX" if only_if_absent else "", *([key] if tags else ()),
-                 *self._notify(message)]))
+                 *self._notify(message, published)])
+        return bool(stored), version_of(version)
 
     def check_and_set(
-        self, key: str, expected: bytes | None, blob: bytes, ttl_ms: int, message: bytes
-    ) -> bool:
+        self, key: str, expected: bytes | None, blob: bytes, ttl_ms: int, message: bytes, *,
+        published: bytes | None = None,
+    ) -> tuple[bool, int]:
         """SET ``blob`` (revoking fills, with ``message``) only if L2 still holds
-        ``expected`` (None: nothing); False if another write came first."""
+        ``expected`` (None: nothing); (done, the write's version), done False if another
+        write came first."""
         keys = self.keys
         with mapped_errors("SET"):
-            return bool(self._lane.run_script(
-                self._check_and_set, [keys.value(key), keys.lease(key), keys.log],
-                [expected or b"", blob, ttl_ms, *self._notify(message)]))
+            done, version = self._lane.run_script(
+                self._check_and_set, [keys.value(key), keys.lease(key), *self._tail()],
+                [expected or b"", blob, ttl_ms, *self._notify(message, published)])
+        return bool(done), version_of(version)
 
     def store_fill(
         self, key: str, blob: bytes, ttl_ms: int, lock: FillLock, message: bytes, *,
-        refresh: bool = False, tags: Sequence[str] = (),
-    ) -> FillOutcome:
+        refresh: bool = False, tags: Sequence[str] = (), published: bytes | None = None,
+    ) -> tuple[FillOutcome, int]:
         """Store a computed value under its lease (adding ``key`` to its ``tags``' sets),
         release ``lock``, and send ``message`` if stored. A ``refresh`` (lease taken by
-        :meth:`lock_stale`) replaces the value."""
+        :meth:`lock_stale`) replaces the value. (What became of it, its version)."""
         keys = self.keys
         with mapped_errors("SET"):
-            stored, released, leased = self._lane.run_script(
+            stored, released, leased, *version = self._lane.run_script(
                 self._store_fill,
-                [keys.value(key), lock.key, keys.lease(key), *map(keys.tag, tags), keys.log],
+                [keys.value(key), lock.key, keys.lease(key), *map(keys.tag, tags),
+                 *self._tail()],
                 [blob, ttl_ms, lock.token, "refresh" if refresh else "",
-                 *([key] if tags else ()), *self._notify(message)])
+                 *([key] if tags else ()), *self._notify(message, published)])
         lock.released(released)
         if stored:
-            return FillOutcome.STORED
-        return FillOutcome.BEATEN if leased else FillOutcome.REVOKED
+            return FillOutcome.STORED, version_of(version[0])
+        return (FillOutcome.BEATEN if leased else FillOutcome.REVOKED), 0
 
     def abandon_fill(self, key: str, lock: FillLock, *, hold_ms: int = 0) -> None:
         """Give up the fill's lease (its compute raised) and release ``lock``, or keep it
@@ -355,19 +392,20 @@ class RedisStore:
 
     def set_many_and_publish(
         self, blobs: Sequence[tuple[str, bytes, int]], message: bytes,
-        tags: Sequence[str] = (),
-    ) -> None:
+        tags: Sequence[str] = (), published: bytes | None = None,
+    ) -> int:
         """SET every ``(key, blob, ttl_ms)``, add each key to the ``tags``' sets, and
-        PUBLISH one ``message`` naming them all, atomically."""
+        send one ``message`` naming them all, atomically; the write's version."""
         names = [key for key, _, _ in blobs]
         args: list[Any] = [len(blobs)]
         for _, blob, ttl_ms in blobs:
             args += (blob, ttl_ms)
         if tags:
             args += names
-        args += self._notify(message)
+        args += self._notify(message, published)
         with mapped_errors("SET"):
-            self._lane.run_script(self._set_many, self._with_leases(names, tags), args)
+            return version_of(self._lane.run_script(
+                self._set_many, self._with_leases(names, tags), args))
 
     def delete_and_publish(self, keys: Sequence[str], message: bytes) -> int:
         """DEL ``keys`` (revoking fills) and PUBLISH ``message`` atomically; how many
@@ -379,7 +417,7 @@ class RedisStore:
     def _with_leases(self, keys: Sequence[str], tags: Sequence[str] = ()) -> list[str]:
         layout = self.keys
         return [*map(layout.value, keys), *map(layout.lease, keys), *map(layout.tag, tags),
-                layout.log]
+                *self._tail()]
 
     def clear_and_publish(self, message: bytes, batch: int = 500) -> int:
         """Revoke every fill, delete every value of this namespace (SCAN, never KEYS), then
@@ -391,7 +429,7 @@ class RedisStore:
         with mapped_errors("clear"):
             self._unlink_matching(self.keys.lease_prefix, batch)
             deleted = self._unlink_matching(self.keys.value_prefix, batch)
-            self._publish(keys=[self.keys.log], args=self._notify(message))
+            self._publish(keys=self._tail(), args=self._notify(message))
         return deleted
 
     def invalidate_tag(self, tag: str, message: bytes, batch: int = 500) -> int:
@@ -419,7 +457,7 @@ class RedisStore:
         # process dies half-way, and again last, for the values other processes read from
         # L2 (and promoted) between the first notice and their batch's delete.
         notice = self._notify(message)
-        self._publish(keys=[self.keys.log], args=notice)
+        self._publish(keys=self._tail(), args=notice)
         deleted = 0
         pending: list[str] = []
         for name in found:
@@ -429,7 +467,7 @@ class RedisStore:
                 pending = []
         if pending:
             deleted += self._delete_one_batch(pending, tag_set)
-        self._publish(keys=[self.keys.log], args=notice)
+        self._publish(keys=self._tail(), args=notice)
         return deleted
 
     def _delete_one_batch(self, keys: list[str], tag_set: str | None) -> int:
@@ -450,4 +488,3 @@ class RedisStore:
         if found:
             deleted += self.client.unlink(*found)
         return deleted
-

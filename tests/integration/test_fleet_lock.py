@@ -71,10 +71,10 @@ def test_store_fill_releases_only_its_own_token(
     assert take(second, client, namespace)
     with caplog.at_level(logging.WARNING, logger="fleetcache"):
         # first's lease is live (no write since): a slow fill still stores
-        assert store.store_fill(namespace, b"v1", 5000, first, b"notice") is FillOutcome.STORED
+        assert store.store_fill(namespace, b"v1", 5000, first, b"notice")[0] is FillOutcome.STORED
     assert "it had expired" in caplog.text
     assert second.locked() > 0  # the late release left the new holder's lock alone
-    assert store.store_fill(namespace, b"v2", 5000, second, b"notice") is FillOutcome.BEATEN
+    assert store.store_fill(namespace, b"v2", 5000, second, b"notice")[0] is FillOutcome.BEATEN
     assert not client.exists(second.key)  # but the lock is released
     assert client.get(store.keys.value(namespace)) == b"v1"
 
@@ -87,12 +87,12 @@ def test_every_stored_fill_is_announced(client: redis.Redis, namespace: str) -> 
     pubsub.subscribe(store.keys.channel)
     winner = FleetLock(client, f"{namespace}:a", 5)
     assert store.fetch_or_lock("a", winner) == (None, True)
-    assert store.store_fill("a", b"v", 5000, winner, b"nobody waits") is FillOutcome.STORED
+    assert store.store_fill("a", b"v", 5000, winner, b"nobody waits")[0] is FillOutcome.STORED
     loser = FleetLock(client, f"{namespace}:b", 5)
     winner = FleetLock(client, f"{namespace}:b", 5)
     assert store.fetch_or_lock("b", winner) == (None, True)
     assert store.fetch_or_lock("b", loser) == (None, False)
-    assert store.store_fill("b", b"v", 5000, winner, b"someone waits") is FillOutcome.STORED
+    assert store.store_fill("b", b"v", 5000, winner, b"someone waits")[0] is FillOutcome.STORED
     assert store.fetch_or_lock("b", FleetLock(client, f"{namespace}:b", 5)) == (b"v", False)
     messages = []
     deadline = time.monotonic() + 2
@@ -142,7 +142,8 @@ def _commandstats(client: redis.Redis) -> dict[str, int]:
 def test_cold_miss_takes_two_round_trips_and_no_thread(own_server: Server) -> None:
     """A script that finds no value and takes the lock; one that stores and releases."""
     # No watchdog beat inside the measured call: its epoch check is a script of its own.
-    cache = FleetCache.from_url(own_server.url, namespace="rt", health_check_interval=60)
+    cache = FleetCache.from_url(own_server.url, namespace="rt", health_check_interval=60,
+                                stats_interval=0)  # no fleet-view report either
     assert cache.connect(wait=5)
     assert cache.get_or_compute("warm", lambda: "v") == "v"  # loads the scripts
     admin = redis.Redis.from_url(own_server.url)
@@ -163,10 +164,10 @@ def test_cold_miss_takes_two_round_trips_and_no_thread(own_server: Server) -> No
     for admin_command in ("config|resetstat", "info", "ping"):  # ping: the bus watchdog
         calls.pop(admin_command, None)
     # Inside the scripts: GET value, SET lock, SADD+PEXPIRE lease; GET+DEL lock, SREM lease,
-    # EXISTS value, SET value, and the notice: XADD to the replay log, TIME + XTRIM for its
-    # age bound, PUBLISH.
-    assert calls == {"evalsha": 2, "get": 2, "set": 2, "sadd": 1, "pexpire": 1, "del": 1,
-                     "srem": 1, "exists": 1, "xadd": 1, "time": 1, "xtrim": 1, "publish": 1}
+    # EXISTS value, SET value, and the notice: XADD to the replay log, XTRIM for its age
+    # bound, SET of the namespace's position, PUBLISH.
+    assert calls == {"evalsha": 2, "get": 2, "set": 3, "sadd": 1, "pexpire": 1, "del": 1,
+                     "srem": 1, "exists": 1, "xadd": 1, "xtrim": 1, "publish": 1}
     assert started == []
     assert not admin.exists("redlock:rt:lock:k")
     admin.close()

@@ -64,6 +64,11 @@ class RacingStore:
         self._hook("get_many", keys)
         return blobs  # type: ignore[no-any-return]
 
+    def get_many_versioned(self, keys: list[str]) -> tuple[list[bytes | None], int]:
+        found = self._real.get_many_versioned(keys)
+        self._hook("get_many_versioned", keys)
+        return found  # type: ignore[no-any-return]
+
     def fetch_or_lock(self, key: str, lock: Any) -> tuple[bytes | None, bool]:
         found = self._real.fetch_or_lock(key, lock)
         self._hook("fetch_or_lock", key)

@@ -559,3 +559,64 @@ def test_invalidate_prefix_drops_the_keys_starting_with_it(clock: FakeClock) -> 
     assert value_of(store, "user:10") == "user:10" and value_of(store, "user:2") == "user:2"
     assert not store.is_negative("user:1:none")
     assert not store.store_if_unchanged("user:1:a", "old", 60.0, seq)
+
+
+# -- update notices (sync_strategy="update") ----------------------------------------------
+
+
+def versioned_store(clock: FakeClock) -> LocalStore:
+    return LocalStore(10, clock, versioned=True)
+
+
+def test_an_update_replaces_an_older_entry_in_place(clock: FakeClock) -> None:
+    store = versioned_store(clock)
+    store.put("k", "v1", 60.0, store.seq, version=10)
+    for _ in range(3):
+        store.get("k")
+    assert store.update("k", "v2", 30.0, 11)
+    assert value_of(store, "k") == "v2"
+    assert store.data["k"][2] >= 3, "the entry lost its popularity"
+    clock.advance(31.0)
+    assert store.get("k") is None  # the update's own TTL
+
+
+def test_an_update_older_than_the_entry_is_ignored(clock: FakeClock) -> None:
+    """Our own racing write (version 12) landed after the notice's (11) was sent."""
+    store = versioned_store(clock)
+    store.put("k", "mine", 60.0, store.seq, version=12)
+    assert not store.update("k", "theirs", 60.0, 11)
+    assert not store.update("k", "same", 60.0, 12)
+    assert value_of(store, "k") == "mine"
+
+
+def test_an_update_of_an_unknown_version_or_key_is_an_invalidation(clock: FakeClock) -> None:
+    store = versioned_store(clock)
+    store.put("unversioned", "old", 60.0, store.seq)  # e.g. read through a fill path
+    assert not store.update("unversioned", "new", 60.0, 5)
+    assert store.get("unversioned") is None
+    assert not store.update("absent", "new", 60.0, 5)
+    assert "absent" not in store.data, "an update must not add keys this process never read"
+    assert store.put_negative("gone", 60.0, store.seq)
+    assert not store.update("gone", "exists now", 60.0, 5)
+    assert not store.is_negative("gone")
+
+
+def test_an_update_voids_reads_in_flight(clock: FakeClock) -> None:
+    store = versioned_store(clock)
+    store.put("k", "v1", 60.0, store.seq, version=10)
+    seq = store.seq
+    assert store.update("k", "v2", 60.0, 11)
+    assert not store.store_if_unchanged("k", "v1", 60.0, seq, version=10)
+    assert value_of(store, "k") == "v2"
+
+
+def test_versions_go_with_their_entries(clock: FakeClock) -> None:
+    store = versioned_store(clock)
+    store.put("k", "v1", 60.0, store.seq, version=10)
+    store.invalidate("k")
+    assert store.store_if_unchanged("k", "v0", 60.0, store.seq)  # no version known
+    assert not store.update("k", "v2", 60.0, 11)  # so an update cannot trust it
+    assert store.get("k") is None
+    store.put("k", "v3", 60.0, store.seq, version=20)
+    store.clear(gap=True)
+    assert store._versions == {}

@@ -19,7 +19,7 @@ from typing import Any
 from . import harness as h
 
 ORDER = ("l1_hit", "l2_hit", "codec", "stampede", "invalidation", "fleet", "memory", "hit_ratio",
-         "stale", "replay")
+         "stale", "replay", "tags")
 TITLES = {
     "l1_hit": "1. L1 hit, write and eviction",
     "l2_hit": "2. L2 hit (L1 cold)",
@@ -31,6 +31,7 @@ TITLES = {
     "hit_ratio": "8. L1 hit ratio (eviction policy)",
     "stale": "9. Serve-stale refresh",
     "replay": "10. After a blip: replay log vs flush",
+    "tags": "11. Tags and prefixes: 10,000 keys fleet-wide",
 }
 
 

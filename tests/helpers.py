@@ -71,9 +71,9 @@ def serving(srv: socketserver.ThreadingTCPServer) -> Iterator[str]:
 
 def namespace_data_keys(raw: redis.Redis, namespace: str, match: str | None = None) -> list[bytes]:
     """Every key naming ``namespace`` (values, leases, locks: pottery stores ``redlock:{name}``),
-    sorted; not the bus's replay log and epoch, nor the fleet view's worker records
-    (``{ns}:w...``), which every process keeps whatever the data."""
-    bus = {f"{namespace}:log".encode(), f"{namespace}:epoch".encode()}
+    sorted; not the bus's replay log, epoch and position, nor the fleet view's worker
+    records (``{ns}:w...``), which every process keeps whatever the data."""
+    bus = {f"{namespace}:{name}".encode() for name in ("log", "epoch", "pos")}
     workers = f"{namespace}:w".encode()
     pattern = match or f"*{namespace}*"
     return sorted(k for k in raw.scan_iter(match=pattern)

@@ -56,8 +56,7 @@ def describe(client: redis.Redis, keys: KeyLayout, key: str, codec: Codec) -> di
         "l1": _L1_NOTE,
         "computing": lock_pttl is not None and lock_pttl >= 0,
         "fill_leases": int(leases),
-        # Tags: where the envelope's tags are shown once the codec carries them.
-        "tags": None,
+        "tags": None,  # the envelope's, once it is read
     }
     if blob is None:
         return info
@@ -69,8 +68,8 @@ def describe(client: redis.Redis, keys: KeyLayout, key: str, codec: Codec) -> di
         info["state"] = "corrupt"
         info["error"] = f"{exc} (foreign bytes, another version, or another signing key)"
         return info
-    value, expires_at_ms = decoded[0], decoded[1]
-    info["tags"] = _tags(decoded)
+    value, expires_at_ms, tags = decoded
+    info["tags"] = list(tags)
     left = (expires_at_ms - now_ms) / 1000
     info["fresh_s"] = round(left, 3)
     if value is NOT_FOUND:
@@ -80,13 +79,6 @@ def describe(client: redis.Redis, keys: KeyLayout, key: str, codec: Codec) -> di
     text = json.dumps(value, default=repr, ensure_ascii=False)
     info["value"] = text if len(text) <= _PREVIEW else text[:_PREVIEW] + "..."
     return info
-
-
-def _tags(decoded: tuple[Any, ...]) -> list[str] | None:
-    """The tags the envelope carries (a codec without tags returns none: None)."""
-    if len(decoded) > 2 and decoded[2]:
-        return [str(tag) for tag in decoded[2]]
-    return [] if len(decoded) > 2 else None
 
 
 def _print(info: dict[str, Any]) -> None:

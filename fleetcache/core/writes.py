@@ -9,7 +9,7 @@ since its outcome is unknown. See README "Consistency and outages".
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 from .codec import NO_TAGS
 from .errors import BackendError, CorruptValueError, InvalidArgumentError
@@ -195,24 +195,27 @@ class Writes:
         return existed
 
     def invalidate_tag(self, tag: str) -> int:
-        tiers = self._tiers
-        tiers.check_name("tag", tag)
-        proc = tiers.process()
-        try:
-            deleted = proc.l2.invalidate_tag(tag, proc.bus.message({"t": tag}))
-        finally:
-            tiers.invalidate_tag(tag)  # after the deletes, for the same reason as in delete()
-        tiers.counters.invalidations_sent += 1
-        return deleted
+        return self._delete_group("tag", tag)
 
     def delete_prefix(self, prefix: str) -> int:
+        return self._delete_group("prefix", prefix)
+
+    def _delete_group(self, kind: Literal["tag", "prefix"], name: str) -> int:
+        """Every value carrying tag ``name``, or every key starting with it: L2's batches
+        between two notices, then our own L1 (after the deletes, as in :meth:`delete`)."""
         tiers = self._tiers
-        tiers.check_name("prefix", prefix)
+        tiers.check_name(kind, name)
         proc = tiers.process()
         try:
-            deleted = proc.l2.delete_prefix(prefix, proc.bus.message({"p": prefix}))
+            if kind == "tag":
+                deleted = proc.l2.invalidate_tag(name, proc.bus.message({"t": name}))
+            else:
+                deleted = proc.l2.delete_prefix(name, proc.bus.message({"p": name}))
         finally:
-            tiers.invalidate_prefix(prefix)  # after the deletes, as in delete()
+            if kind == "tag":
+                tiers.invalidate_tag(name)
+            else:
+                tiers.invalidate_prefix(name)
         tiers.counters.invalidations_sent += 1
         return deleted
 

@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -356,9 +357,10 @@ def gunicorn_command() -> list[str]:
 @contextlib.contextmanager
 def gunicorn_fleet(
     workdir: Path, flavor: Flavor, redis_url: str | None, namespace: str | None = None,
-    extra_env: dict[str, str] | None = None,
+    extra_env: dict[str, str] | None = None, *, app: str | None = None,
 ) -> Iterator[Fleet]:
-    """A ready gunicorn fleet of the demo app; stopped, and checked for leftovers, on exit.
+    """A ready gunicorn fleet of the demo app (or of ``app``, a WSGI ``module:callable``
+    that answers /health like it); stopped, and checked for leftovers, on exit.
 
     ``redis_url=None`` runs it with no Redis URL at all: the embedded default.
     """
@@ -368,8 +370,12 @@ def gunicorn_fleet(
     env = fleet_env(port, flavor, redis_url=redis_url,
                     namespace=namespace or "f" + uuid.uuid4().hex[:12],
                     db_path=workdir / "demo.sqlite3", extra=extra_env)
+    command = gunicorn_command()
+    if app is not None:
+        assert command[-1].endswith(":app"), command  # the demo app, swapped for ``app``
+        command[-1] = app
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(gunicorn_command(), cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=subprocess.STDOUT)
     master = Proc.of(proc.pid)
     assert master is not None, "gunicorn master vanished at once"
@@ -447,3 +453,25 @@ def start_fleet(tmp_path: Path) -> Iterator[StartFleet]:
 
     yield start
 
+
+
+def cold_burst(fleet: Fleet, clients: int) -> tuple[str, list[Response], dict[str, Any]]:
+    """``clients`` requests at once (a barrier) for one fresh key whose compute takes 300 ms
+    (the app's /burst): asserts every answer is a 200 and exactly one request computed;
+    (the key, the answers, the computing answer's body)."""
+    key = uuid.uuid4().hex
+    barrier = threading.Barrier(clients)
+
+    def one(_: int) -> Response:
+        barrier.wait(timeout=30)
+        # sync workers serve one request at a time: the last waits for all the others
+        return fleet.request("GET", f"/burst/{key}?ms=300", timeout=60)
+
+    with ThreadPoolExecutor(clients) as pool:
+        answers = list(pool.map(one, range(clients)))
+    failed = [(a.status, a.body) for a in answers if a.status != 200]
+    assert not failed, f"{failed}\n{fleet.log_tail()}"
+    computed = [a.body for a in answers if a.body["computed"]]
+    assert len(computed) == 1, f"{len(computed)} computes of one cold key: {computed}"
+    assert len({a.body["pid"] for a in answers}) >= 2, "the burst reached one worker only"
+    return key, answers, computed[0]

@@ -11,28 +11,22 @@ thread, and ``get_or_set`` with a callable computes a cold key once for the whol
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import threading
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ..servers import Server, free_port
+from ..servers import Server
 from .conftest import (
-    REPO,
     WORKERS,
     Flavor,
     Fleet,
-    Proc,
-    Response,
-    fleet_env,
-    gunicorn_command,
+    cold_burst,
+    gunicorn_fleet,
 )
 
 pytestmark = pytest.mark.slow
@@ -41,33 +35,12 @@ APP = "tests.fleet.django_app:application"
 INVALIDATION_DELAY = 0.1  # pub/sub on loopback takes milliseconds; this is ~50x that
 
 
-@contextlib.contextmanager
-def django_fleet(workdir: Path, flavor: Flavor, redis_url: str) -> Iterator[Fleet]:
+def django_fleet(
+    workdir: Path, flavor: Flavor, redis_url: str
+) -> contextlib.AbstractContextManager[Fleet]:
     """:func:`tests.fleet.conftest.gunicorn_fleet`, serving the Django app instead of the
-    demo app: ready when every worker answered /health, stopped and checked after."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    log_path = workdir / f"gunicorn-{port}.log"
-    env = fleet_env(port, flavor, redis_url=redis_url, namespace="d" + uuid.uuid4().hex[:12],
-                    db_path=workdir / "unused.sqlite3")
-    command = gunicorn_command()
-    assert command[-1].endswith(":app"), command  # the demo app, swapped for ours
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([*command[:-1], APP], cwd=REPO, env=env,
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    master = Proc.of(proc.pid)
-    assert master is not None, "gunicorn master vanished at once"
-    fleet = Fleet(proc, port, log_path, master)
-    ok = False
-    try:
-        fleet.wait_ready()
-        assert f"Using worker: {flavor.worker_class}" in log_path.read_text(errors="replace")
-        yield fleet
-        ok = True
-    finally:
-        left = fleet.stop()
-        if ok:
-            assert not left, f"processes left after gunicorn stopped: {left}\n{fleet.log_tail()}"
+    demo app."""
+    return gunicorn_fleet(workdir, flavor, redis_url, "d" + uuid.uuid4().hex[:12], app=APP)
 
 
 FLAVORS = [Flavor("sync"), Flavor("gthread"), Flavor("gevent", preload=False)]
@@ -131,19 +104,5 @@ def test_every_thread_of_a_worker_shares_one_fleetcache(fleet: Fleet) -> None:
 
 
 def test_get_or_set_computes_a_cold_key_once_for_the_fleet(fleet: Fleet) -> None:
-    key = uuid.uuid4().hex
-    clients = 24
-    barrier = threading.Barrier(clients)
-
-    def one(_: int) -> Response:
-        barrier.wait(timeout=30)
-        return fleet.request("GET", f"/burst/{key}?ms=300", timeout=60)
-
-    with ThreadPoolExecutor(clients) as pool:
-        answers = list(pool.map(one, range(clients)))
-    failed = [(a.status, a.body) for a in answers if a.status != 200]
-    assert not failed, f"{failed}\n{fleet.log_tail()}"
-    computed = [a.body for a in answers if a.body["computed"]]
-    assert len(computed) == 1, f"{len(computed)} computes of one cold key: {computed}"
-    assert {a.body["value"]["computed_by"] for a in answers} == {computed[0]["pid"]}
-    assert len({a.body["pid"] for a in answers}) >= 2, "the burst reached one worker only"
+    _, answers, computed = cold_burst(fleet, 24)
+    assert {a.body["value"]["computed_by"] for a in answers} == {computed["pid"]}

@@ -11,10 +11,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
-import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +26,8 @@ from .conftest import (
     Flavor,
     Fleet,
     Proc,
-    Response,
     StartFleet,
+    cold_burst,
     poll,
     wait_gone,
 )
@@ -73,28 +71,11 @@ def test_write_in_one_worker_is_never_served_stale_by_another(fleet: Fleet) -> N
 # -- b. stampede -------------------------------------------------------------------------
 
 def test_cold_key_burst_computes_once_for_the_fleet(fleet: Fleet) -> None:
-    key = uuid.uuid4().hex
-    clients = 32
-    barrier = threading.Barrier(clients)
-
-    def one(_: int) -> Response:
-        barrier.wait(timeout=30)
-        # sync workers serve one request at a time: the 32nd waits for 31 before it
-        return fleet.request("GET", f"/burst/{key}?ms=300", timeout=60)
-
-    with ThreadPoolExecutor(clients) as pool:
-        answers = list(pool.map(one, range(clients)))
-
-    failed = [(a.status, a.body) for a in answers if a.status != 200]
-    assert not failed, f"{failed}\n{fleet.log_tail()}"
-    computed = [a.body for a in answers if a.body["computed"]]
-    assert len(computed) == 1, f"{len(computed)} computes of one cold key: {computed}"
+    key, answers, computed = cold_burst(fleet, 32)
     values = [a.body["value"] for a in answers]
     assert all(v == values[0] for v in values), values
     assert values[0]["key"] == key
-    assert values[0]["computed_by"] == computed[0]["pid"]
-    pids = {a.body["pid"] for a in answers}
-    assert len(pids) >= 2, f"the burst reached only worker {pids}: not a fleet test"
+    assert values[0]["computed_by"] == computed["pid"]
 
 
 # -- c. the embedded default ---------------------------------------------------------------

@@ -11,7 +11,6 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +19,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fleetcache.observe.snapshot import hostname
 
-from ..servers import Server, free_port
+from ..servers import Server
 from .conftest import (
-    REPO,
     WORKERS,
     Flavor,
     Fleet,
-    Proc,
     StartFleet,
-    fleet_env,
-    gunicorn_command,
+    gunicorn_fleet,
     poll,
 )
 
@@ -139,31 +135,13 @@ def test_recycled_workers_leave_the_view_and_keep_their_counts(
         assert gone > 0 and gone + doc["totals"]["lookups"] == REQUESTS
 
 
-@contextlib.contextmanager
-def django_fleet(workdir: Path, url: str, namespace: str) -> Iterator[Fleet]:
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    log_path = workdir / f"gunicorn-{port}.log"
-    env = fleet_env(port, Flavor("gthread"), redis_url=url, namespace=namespace,
-                    db_path=workdir / "unused.sqlite3",
-                    extra={"FLEETCACHE_STATS_INTERVAL": INTERVAL})
-    command = gunicorn_command()
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([*command[:-1], "tests.fleet.django_metrics_app:application"],
-                                cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT)
-    master = Proc.of(proc.pid)
-    assert master is not None
-    fleet = Fleet(proc, port, log_path, master)
-    ok = False
-    try:
-        fleet.wait_ready()
-        yield fleet
-        ok = True
-    finally:
-        left = fleet.stop()
-        if ok:
-            assert not left, f"processes left after gunicorn stopped: {left}"
+def django_fleet(
+    workdir: Path, url: str, namespace: str
+) -> contextlib.AbstractContextManager[Fleet]:
+    """A gthread fleet of the Django app with /metrics (tests/fleet/django_metrics_app.py)."""
+    return gunicorn_fleet(workdir, Flavor("gthread"), url, namespace,
+                          {"FLEETCACHE_STATS_INTERVAL": INTERVAL},
+                          app="tests.fleet.django_metrics_app:application")
 
 
 def test_the_django_fleet_shows_in_stats_and_metrics(

@@ -194,7 +194,7 @@ def test_metrics_prints_text_that_prometheus_client_parses(
 def test_inspect_shows_presence_ttl_size_and_freshness(
     server: Server, namespace: str, cache: FleetCache
 ) -> None:
-    cache.set("user:1", {"name": "alice"}, ttl=100)
+    cache.set("user:1", {"name": "alice"}, ttl=100, tags=["user", "org:7"])
     cache.get_or_compute("stale", lambda: 5, ttl=0.05, stale_ttl=60)
     time.sleep(0.1)  # past the fresh time (the server's clock decides)
 
@@ -206,13 +206,14 @@ def test_inspect_shows_presence_ttl_size_and_freshness(
     assert code == 0 and info["l2"] is True and info["state"] == "fresh"
     assert 90 < info["ttl_s"] <= 100 and info["size_bytes"] > 0
     assert json.loads(info["value"]) == {"name": "alice"}
-    assert "per process" in info["l1"] and "tags" in info
+    assert "per process" in info["l1"] and info["tags"] == ["user", "org:7"]
     code, info = inspect("stale")
     assert code == 0 and info["state"] == "stale" and info["ttl_s"] > 50
+    assert info["tags"] == []
     code, info = inspect("absent")
     assert code == 1 and info["l2"] is False
     text = cli("inspect", "user:1", "--url", server.url, "--namespace", namespace)
-    assert "fresh" in text.stdout and "alice" in text.stdout
+    assert "fresh" in text.stdout and "alice" in text.stdout and "org:7" in text.stdout
 
 
 def test_inspect_reports_a_foreign_value(server: Server, namespace: str, raw: redis.Redis) -> None:

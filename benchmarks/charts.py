@@ -19,7 +19,8 @@ from typing import Any
 from . import harness as h
 
 ORDER = ("l1_hit", "l2_hit", "codec", "stampede", "invalidation", "fleet", "memory", "hit_ratio",
-         "stale", "replay", "tags")
+         "stale", "replay", "tags", "fleet_profile",
+         "sizing")
 TITLES = {
     "l1_hit": "1. L1 hit, write and eviction",
     "l2_hit": "2. L2 hit (L1 cold)",
@@ -32,6 +33,8 @@ TITLES = {
     "stale": "9. Serve-stale refresh",
     "replay": "10. After a blip: replay log vs flush",
     "tags": "11. Tags and prefixes: 10,000 keys fleet-wide",
+    "fleet_profile": "12. Profile of a loaded worker (py-spy)",
+    "sizing": "13. Sizing: invalidation fan-out (docs/sizing.md)",
 }
 
 

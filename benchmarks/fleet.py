@@ -89,8 +89,10 @@ def create_db(path: str, keys: int) -> None:
 
 
 @contextlib.contextmanager
-def gunicorn(variant: str, worker_class: str, url: str, tmp: str) -> Iterator[tuple[int, str]]:
-    """Boot the app; yields (port, dump dir); on exit stops it (workers dump their logs)."""
+def gunicorn(variant: str, worker_class: str, url: str,
+             tmp: str) -> Iterator[tuple[int, str, int]]:
+    """Boot the app; yields (port, dump dir, master pid); on exit stops it (workers dump
+    their logs)."""
     port = free_port()
     out = tempfile.mkdtemp(prefix=f"{variant}-", dir=tmp)
     db = os.path.join(out, "db.sqlite3")
@@ -111,7 +113,7 @@ def gunicorn(variant: str, worker_class: str, url: str, tmp: str) -> Iterator[tu
     drain.start()
     try:
         _wait_ready(port, master, errors)
-        yield port, out
+        yield port, out, master.pid
     finally:
         stop(master, grace=30)
         drain.join(5)
@@ -284,15 +286,19 @@ def stale_reads(docs: list[dict[str, Any]], t0: float, t1: float,
 
     * ``in_flight``: the newer version was committed but its write request had not finished
       updating the cache when the read started (set-after-commit has that window).
-    * ``write_order``: the read returned what the app's own writes left in the cache: two
-      requests wrote the same key, the older version's ``cache.set`` finished last (its
-      worker was descheduled between its DB commit and its cache update), and the cache
-      faithfully kept it until the next write. An application race (set-after-commit with
-      no version check) that any cache written this way shows; not an invalidation delay.
-    * ``lag``: anything else: the cache served a version older than one it had been given
-      (by a write's cache update, completed) or, for caches that are never written (dict,
-      none), older than the DB's. Its age runs from that completed update (or the commit);
-      only these count against the invalidation bound.
+    * ``write_order``: the read returned what the app's own writes may have left in the
+      cache: two requests wrote the same key and the older version's ``cache.set`` may
+      have run last in Redis (its worker was descheduled between its DB commit and its
+      cache update). The order in Redis is not observed, only each update's window (from
+      its commit, which comes right before the call, to the call's return): v may have
+      been the last write applied unless some write's window opened after v's closed. An
+      application race (set-after-commit with no version check) that any cache written
+      this way shows; not an invalidation delay.
+    * ``lag``: anything else: the cache served v after a write that certainly ran after
+      v's (its window opened after v's closed) had completed; for caches that are never
+      written (dict, none), a version older than the DB's. Its age runs from the first
+      such completed update (or the commit); only these count against the invalidation
+      bound.
     """
     history: dict[int, list[tuple[float, int, float]]] = {}
     for doc in docs:
@@ -327,19 +333,19 @@ def stale_reads(docs: list[dict[str, Any]], t0: float, t1: float,
                 continue
             stale += 1
             if cache_writes:
-                done = [(tw, ver) for tw, ver in by_cached[k] if tw <= t]
-                newer = [tw for tw, ver in done if ver > v]
-                if not newer:  # nothing newer had reached the cache yet
-                    flight += 1
+                if not any(ver > v and tw <= t for tw, ver in by_cached[k]):
+                    flight += 1  # nothing newer had reached the cache yet
                     continue
-                own = updating[k].get(v)
-                if done[-1][1] == v or (own and own[0] <= t < own[1]):
-                    order += 1  # a newer update finished, then this older one (or is landing)
+                own = updating[k].get(v)  # None: the initial version, no update of its own
+                if own is not None and own[0] <= t < own[1]:
+                    order += 1  # v's own update is landing
                     continue
-                # If v's own update landed after newer ones (write order), the cache rightly
-                # held v until the next newer update after it: the lag starts there.
-                after_own = [tw for tw in newer if own is not None and tw > own[1]]
-                since = after_own[0] if after_own else newer[0]
+                after = [tw for tc, ver, tw in history[k]
+                         if ver != v and tw <= t and (own is None or tc > own[1])]
+                if not after:
+                    order += 1  # v may have been the last update Redis applied
+                    continue
+                since = min(after)
             else:
                 since = commits[next(n for n in range(i) if best[n] > v)]
             age = t - since
@@ -375,7 +381,7 @@ def db_stale_loads(docs: list[dict[str, Any]]) -> int:
 
 def run_variant(variant: str, worker_class: str, url: str, tmp: str, *, warm_s: float,
                 seconds: float) -> dict[str, Any]:
-    with gunicorn(variant, worker_class, url, tmp) as (port, out):
+    with gunicorn(variant, worker_class, url, tmp) as (port, out, _):
         load(port, warm_s, CONCURRENCY)
         before = snapshot(port)
         t0 = time.monotonic()
@@ -485,12 +491,11 @@ def tables(figures: dict[str, Any], raw: dict[str, Any]) -> list[h.Table]:
                           "round; median of rounds (errors and stale reads summed). stale = "
                           "returned version older than the DB's at request start; in flight = "
                           "the newer version's write had not finished its cache update yet; "
-                          "write order "
-                          "= the cache held what the app's last finished write put there (two "
-                          "writers' cache updates landed out of order: an app race, see "
-                          "fleet.stale_reads); lag = older than what the cache had been given; "
-                          "its age counts from that update. The dict memo is never "
-                          "invalidated: its lag is by design."))
+                          "write order = the value may be the last one Redis applied (two "
+                          "writers' cache updates overlapped after their commits: an app "
+                          "race, see fleet.stale_reads); lag = older than a write that "
+                          "certainly ran after it and had finished; its age counts from that "
+                          "write. The dict memo is never invalidated: its lag is by design."))
         for v, fig in variants.items():
             lat = fig["latency_ms"]
 

@@ -48,3 +48,19 @@ def test_lag_counts_from_the_first_update_after_the_served_versions_own() -> Non
     late = classify([(7, 24, 3.008)], writes)
     assert (late["lag"], late["stale_beyond_bound"]) == (1, 0)
     assert late["lag_age_ms"]["max"] < 10
+
+
+def test_an_older_value_whose_update_may_have_run_last_is_write_order_not_lag() -> None:
+    # v6's update call returned last (its thread stalled after the script), yet both calls
+    # were open at once after their commits: Redis may have run v5's script last, and then
+    # holds v5 until the next write. Nothing says the cache lags.
+    writes = [(7, 5, 1.000, 1.020), (7, 6, 1.001, 1.050)]
+    r = classify([(7, 5, 1.5)], writes)
+    assert (r["write_order"], r["lag"], r["stale_beyond_bound"]) == (1, 0, 0)
+
+
+def test_a_write_that_opened_after_the_served_one_closed_makes_it_lag() -> None:
+    writes = [(7, 5, 1.000, 1.020), (7, 6, 1.030, 1.040)]
+    r = classify([(7, 5, 1.5)], writes)
+    assert (r["lag"], r["stale_beyond_bound"]) == (1, 1)
+    assert abs(r["lag_age_ms"]["max"] - 460) < 1

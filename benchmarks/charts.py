@@ -19,8 +19,7 @@ from typing import Any
 from . import harness as h
 
 ORDER = ("l1_hit", "l2_hit", "codec", "stampede", "invalidation", "fleet", "memory", "hit_ratio",
-         "stale", "replay", "tags", "fleet_profile",
-         "sizing")
+         "stale", "replay", "tags", "fleet_profile", "sizing")
 TITLES = {
     "l1_hit": "1. L1 hit, write and eviction",
     "l2_hit": "2. L2 hit (L1 cold)",

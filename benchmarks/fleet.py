@@ -306,7 +306,6 @@ def stale_reads(docs: list[dict[str, Any]], t0: float, t1: float,
         for k, v, tc, tw in zip(keys, versions, committed, cached, strict=True):
             history.setdefault(k, []).append((tc, v, tw))
     by_commit: dict[int, tuple[list[float], list[int]]] = {}
-    by_cached: dict[int, list[tuple[float, int]]] = {}
     updating: dict[int, dict[int, tuple[float, float]]] = {}
     for k, rows in history.items():
         rows.sort()
@@ -315,7 +314,6 @@ def stale_reads(docs: list[dict[str, Any]], t0: float, t1: float,
             running = max(running, v)
             best.append(running)
         by_commit[k] = ([tc for tc, _, _ in rows], best)
-        by_cached[k] = sorted((tw, v) for _, v, tw in rows)
         updating[k] = {v: (tc, tw) for tc, v, tw in rows}
     reads = stale = order = flight = beyond = beyond_doc = 0
     ages: list[float] = []
@@ -333,7 +331,7 @@ def stale_reads(docs: list[dict[str, Any]], t0: float, t1: float,
                 continue
             stale += 1
             if cache_writes:
-                if not any(ver > v and tw <= t for tw, ver in by_cached[k]):
+                if not any(ver > v and tw <= t for _, ver, tw in history[k]):
                     flight += 1  # nothing newer had reached the cache yet
                     continue
                 own = updating[k].get(v)  # None: the initial version, no update of its own

@@ -27,7 +27,6 @@ peers: it says where the rest of the fleet benchmark's gap to the dict ceiling g
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -180,7 +179,7 @@ def run(opts: h.Options, classes: tuple[str, ...] = fleet.WORKER_CLASSES) -> dic
 def main() -> None:
     parser = h.parser("python -m benchmarks.fleet_profile")
     parser.add_argument("--worker-class", choices=fleet.WORKER_CLASSES, action="append")
-    args: argparse.Namespace = parser.parse_args()
+    args = parser.parse_args()
     run(h.options(args, ROUNDS),
         tuple(args.worker_class) if args.worker_class else fleet.WORKER_CLASSES)
 

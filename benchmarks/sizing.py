@@ -399,18 +399,10 @@ def _frame_parts(kind: bytes, channel: bytes, payload: bytes) -> tuple[int, int,
     return len(frame), len(frame) - 2 - len(payload) + ts_offset(payload), b"*3\r\n" + bulk(kind)
 
 
-def single_case(label: str, port: int, n: int, payload: bytes, keys: int = 1) -> Case:
-    ch = CHANNEL.encode()
-    size, at, head = _frame_parts(b"message", ch, payload)
-    confirm = b"*3\r\n" + bulk(b"subscribe") + bulk(ch) + b":1\r\n"
-    subs = [SubConn(w, port, command(b"SUBSCRIBE", ch), confirm, size, at, head)
-            for w in range(n)]
-    target = PubTarget(port, (command(b"PUBLISH", ch, payload),), len(payload),
-                       ts_offset(payload))
-    return Case(label, n, "single", payload, subs, [[target] for _ in range(PUBLISHERS)], keys)
-
-
-def classic_case(nodes: list[Node], n: int, payload: bytes) -> Case:
+def classic_case(nodes: list[Node], n: int, payload: bytes, label: str | None = None,
+                 keys: int = 1) -> Case:
+    """Classic pub/sub: each subscriber SUBSCRIBEs on one node (spread evenly), each
+    publisher PUBLISHes on every node. One node: the single-server case."""
     ch = CHANNEL.encode()
     size, at, head = _frame_parts(b"message", ch, payload)
     confirm = b"*3\r\n" + bulk(b"subscribe") + bulk(ch) + b":1\r\n"
@@ -418,8 +410,9 @@ def classic_case(nodes: list[Node], n: int, payload: bytes) -> Case:
                     at, head) for w in range(n)]
     targets = [PubTarget(node.port, (command(b"PUBLISH", ch, payload),), len(payload),
                          ts_offset(payload)) for node in nodes]
-    return Case(f"classic PUBLISH, N={n}", n, "classic", payload, subs,
-                [targets for _ in range(PUBLISHERS)])
+    mode = "single" if len(nodes) == 1 else "classic"
+    return Case(label or f"classic PUBLISH, N={n}", n, mode, payload, subs,
+                [targets for _ in range(PUBLISHERS)], keys)
 
 
 def sharded_case(nodes: list[Node], shards: dict[int, list[bytes]], n: int,
@@ -450,12 +443,17 @@ def _omem_watch(nodes: list[Node], stop: threading.Event, seen: list[int]) -> No
                     seen[0] = max(seen[0], int(c.get("omem", 0)))
 
 
-def _bus_published(node: Node) -> int:
+def _cluster_info(node: Node) -> dict[str, str]:
+    """CLUSTER INFO as a dict (redis-py parses it into one; raw text is parsed here)."""
     info = node.client.execute_command("CLUSTER INFO")
     if isinstance(info, bytes | str):
         text = info.decode() if isinstance(info, bytes) else info
         info = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    return int(info.get("cluster_stats_messages_publish_sent", 0))
+    return {str(k): str(v) for k, v in info.items()}
+
+
+def _bus_published(node: Node) -> int:
+    return int(_cluster_info(node).get("cluster_stats_messages_publish_sent", 0))
 
 
 def run_case(nodes: list[Node], case: Case, duration: float,
@@ -586,9 +584,9 @@ def cluster() -> Iterator[list[Node]]:
     servers = []
     try:
         for _ in range(NODES):
-            s = h.Server(port=free_port(), extra=(
-                "--maxclients", "10000", "--loglevel", "warning", "--cluster-enabled", "yes",
-                "--cluster-config-file", "nodes.conf", "--cluster-port", str(free_port())))
+            s = h.Server(extra=(*h.Server.extra, "--cluster-enabled", "yes",
+                                "--cluster-config-file", "nodes.conf",
+                                "--cluster-port", str(free_port())))
             s.start()
             servers.append(s)
         subprocess.run([cli, "--cluster", "create",
@@ -597,13 +595,9 @@ def cluster() -> Iterator[list[Node]]:
                        check=True, capture_output=True, timeout=60)
         nodes = [Node(s.port, redis.Redis(port=s.port)) for s in servers]
         deadline = time.monotonic() + 30
-        while True:
-            states = [n.client.execute_command("CLUSTER INFO") for n in nodes]
-            texts = [st.decode() if isinstance(st, bytes) else str(st) for st in states]
-            if all("cluster_state:ok" in t or "'cluster_state': 'ok'" in t for t in texts):
-                break
+        while not all(_cluster_info(n).get("cluster_state") == "ok" for n in nodes):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"cluster not ok: {texts[0][:200]}")
+                raise RuntimeError(f"cluster not ok: {_cluster_info(nodes[0])}")
             time.sleep(0.1)
         yield nodes
     finally:
@@ -641,11 +635,12 @@ def measure(opts: h.Options, server: h.Server) -> dict[str, Any]:
     notices, context = real_notices(server.url)
     node = Node(server.port, server.client())
     duration = opts.pick(*DURATION_S)
-    cases = [single_case(f"N={n}", server.port, n, notices["keys=1"]) for n in SINGLE_N]
-    cases += [single_case(f"{k} keys per notice", server.port, BATCH_N, notices[f"keys={k}"],
-                          keys=k) for k in BATCH_KEYS[1:]]
-    cases += [single_case(f"update, value {b:,} B", server.port, BATCH_N,
-                          notices[f"value={b}"]) for b in VALUE_BYTES]
+    one = [node]
+    cases = [classic_case(one, n, notices["keys=1"], f"N={n}") for n in SINGLE_N]
+    cases += [classic_case(one, BATCH_N, notices[f"keys={k}"], f"{k} keys per notice", keys=k)
+              for k in BATCH_KEYS[1:]]
+    cases += [classic_case(one, BATCH_N, notices[f"value={b}"], f"update, value {b:,} B")
+              for b in VALUE_BYTES]
     rounds = []
     for r in range(opts.rounds):
         rd: dict[str, Any] = {}

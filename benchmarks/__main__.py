@@ -18,7 +18,7 @@ from . import charts
 from . import harness as h
 
 BENCHMARKS = ("l1_hit", "l2_hit", "codec", "stampede", "invalidation", "fleet", "memory",
-              "hit_ratio", "stale", "replay", "tags", "sizing")
+              "hit_ratio", "stale", "replay", "tags", "sizing", "cluster")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,12 +27,13 @@ notice's delivery lag.
   publishers stop, how long until the last frame arrived ("drain") and how many frames never
   did; the largest output buffer of a subscriber seen (``CLIENT LIST TYPE pubsub`` omem,
   sampled every 0.25 s) and connections dropped.
-* **Cluster**: 3 primaries (``--cluster-enabled yes``, created by ``redis-cli --cluster
-  create``). Classic: every subscriber holds one connection to one node (spread evenly),
-  publishers spread PUBLISH over the three nodes, and the cluster bus forwards every
-  notice to every node. Sharded: ``SHARDS`` channels ``{ns}:inv:{NN}`` in slots spread over
-  the nodes, each subscriber holds one connection per node SSUBSCRIBEd to that node's
-  channels, each notice SPUBLISHed to one channel on its owner.
+* **Cluster**: 3 primaries (``--cluster-enabled yes``, joined as ``redis-cli --cluster
+  create`` would: ``tests.cluster.topology.join``). Classic: every subscriber holds one
+  connection to one node (spread evenly), publishers spread PUBLISH over the three nodes,
+  and the cluster bus forwards every notice to every node. Sharded: ``SHARDS`` channels
+  ``{ns}:inv:{NN}`` in slots spread over the nodes, each subscriber holds one connection
+  per node SSUBSCRIBEd to that node's channels, each notice SPUBLISHed to one channel on
+  its owner.
 * **Context**: the server CPU of one real ``cache.set`` (its script, XADD and PUBLISH to
   no subscriber), from ``INFO cpu`` and ``INFO commandstats``.
 
@@ -50,7 +51,6 @@ import contextlib
 import multiprocessing as mp
 import os
 import selectors
-import shutil
 import socket
 import struct
 import subprocess
@@ -62,6 +62,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.cluster.topology import join
 from tests.servers import free_port
 
 from . import harness as h
@@ -578,9 +579,6 @@ def cluster() -> Iterator[list[Node]]:
     """Three fresh primaries on free loopback ports, one cluster; stopped after."""
     import redis
 
-    cli = shutil.which("redis-cli")
-    if cli is None:
-        raise RuntimeError("redis-cli not on PATH: no cluster")
     servers = []
     try:
         for _ in range(NODES):
@@ -589,10 +587,7 @@ def cluster() -> Iterator[list[Node]]:
                                 "--cluster-port", str(free_port())))
             s.start()
             servers.append(s)
-        subprocess.run([cli, "--cluster", "create",
-                        *(f"127.0.0.1:{s.port}" for s in servers),
-                        "--cluster-replicas", "0", "--cluster-yes"],
-                       check=True, capture_output=True, timeout=60)
+        join(servers, primaries=NODES)
         nodes = [Node(s.port, redis.Redis(port=s.port)) for s in servers]
         deadline = time.monotonic() + 30
         while not all(_cluster_info(n).get("cluster_state") == "ok" for n in nodes):

@@ -22,7 +22,8 @@ DEFAULT_URL = "redis://127.0.0.1:6379/0"
 EMBEDDED = "embedded"  # the URL that asks for a private server (fleetcache.server)
 
 SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
-_SCHEMES = ("redis://", "rediss://", "unix://", *SENTINEL_SCHEMES)
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+_SCHEMES = ("redis://", "rediss://", "unix://", *SENTINEL_SCHEMES, *CLUSTER_SCHEMES)
 _DEFAULT_FILL_TIMEOUT = 60.0
 MIN_CONNECTIONS = 4  # the listener's one, the lane's idle ones, and room for the rest
 MAX_TTL = 10 * 365 * 24 * 3600.0  # ten years: anything longer is a bug, not a TTL
@@ -41,7 +42,13 @@ class CacheConfig:
             or a Sentinel deployment,
             ``redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]``
             (``rediss+sentinel://`` for TLS): the cache follows the primary that the
-            sentinels name, through failovers (see :func:`parse_sentinel_url`).
+            sentinels name, through failovers (see :func:`parse_sentinel_url`); or a
+            Redis Cluster, ``redis+cluster://[user:password@]host:port[,host:port...]``
+            (``rediss+cluster://`` for TLS; any of its nodes will do): the namespace then
+            lives in one hash slot and the cache follows it through failovers and slot
+            moves (see :mod:`fleetcache.redis.cluster`).
+        cluster: read a ``redis://`` or ``rediss://`` ``url`` as a cluster node (the same
+            as its ``+cluster`` scheme).
         namespace: prefix of every key, channel, lock and stream: two apps can share a Redis.
         l1_capacity: entries kept per process; when full, frequency decides who stays
             (see :mod:`fleetcache.core.l1`).
@@ -116,6 +123,7 @@ class CacheConfig:
     """
 
     url: str = DEFAULT_URL
+    cluster: bool = False
     namespace: str = "fleetcache"
     l1_capacity: int = 2000
     l1_ttl: float = 300.0
@@ -149,10 +157,18 @@ class CacheConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.url, str) or not self.url.startswith(_SCHEMES):
-            raise ConfigError("url must be a redis://, rediss://, unix://, redis+sentinel:// "
-                              "or rediss+sentinel:// URL")
+            raise ConfigError("url must be a redis://, rediss://, unix://, redis+sentinel://, "
+                              "rediss+sentinel://, redis+cluster:// or rediss+cluster:// URL")
+        if not isinstance(self.cluster, bool):
+            raise ConfigError(f"cluster must be True or False, got {self.cluster!r}")
+        if self.cluster and not self.url.startswith(("redis://", "rediss://",
+                                                      *CLUSTER_SCHEMES)):
+            raise ConfigError("cluster=True needs a redis:// or rediss:// url (a node of the "
+                              "cluster)")
         if self.url.startswith(SENTINEL_SCHEMES):
             parse_sentinel_url(self.url)
+        elif self.is_cluster:
+            parse_cluster_url(self.url)
         else:
             _check_url("url", self.url)
         if isinstance(self.lock_masters, list):  # a settings file's list: kept as a tuple
@@ -223,6 +239,11 @@ class CacheConfig:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
     @property
+    def is_cluster(self) -> bool:
+        """Whether ``url`` names a Redis Cluster (its scheme, or ``cluster=True``)."""
+        return self.cluster or self.url.startswith(CLUSTER_SCHEMES)
+
+    @property
     def fill_lease(self) -> float:
         """Seconds a fill's lease lives (``fill_timeout``, or its default)."""
         if self.fill_timeout is not None:
@@ -257,7 +278,7 @@ def _check_lock_masters(masters: object) -> None:
     if not isinstance(masters, tuple) or not all(isinstance(m, str) for m in masters):
         raise ConfigError("lock_masters must be a tuple (or list) of URLs (str)")
     for i, url in enumerate(masters):
-        if not url.startswith(_SCHEMES) or url.startswith(SENTINEL_SCHEMES):
+        if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(f"lock_masters[{i}] must be a redis://, rediss:// or unix:// "
                               f"URL: each lock master is one independent server")
         _check_url(f"lock_masters[{i}]", url)
@@ -279,8 +300,61 @@ class SentinelURL:
     options: dict[str, str] = field(repr=False)  # the query string, as redis-py reads it
 
 
-_SENTINEL_HOST = re.compile(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([A-Za-z0-9_.\-]+)(?::(\d+))?")
+@dataclass(frozen=True, slots=True)
+class ClusterURL:
+    """A Redis Cluster URL, taken apart (:func:`parse_cluster_url`)."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None
+    password: str | None = field(repr=False)  # never in a repr, a log or an error
+    ssl: bool
+    options: dict[str, str] = field(repr=False)  # the query string, as redis-py reads it
+
+
+_HOST = re.compile(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([A-Za-z0-9_.\-]+)(?::(\d+))?")
 _SENTINEL_PORT = 26379
+_REDIS_PORT = 6379
+
+
+@dataclass(frozen=True, slots=True)
+class _HostListURL:
+    """``scheme://[user:password@]host:port[,host:port...][/path][?query]``, taken apart."""
+
+    hosts: tuple[tuple[str, int], ...]
+    path: str
+    username: str | None
+    password: str | None = field(repr=False)
+    ssl: bool
+    options: dict[str, str] = field(repr=False)
+
+
+def _parse_host_list(url: str, what: str, default_port: int) -> _HostListURL:
+    """The parts every URL naming several servers shares. Errors are ``ConfigError`` and
+    never repeat any part of the URL: an unescaped character in the password moves part of
+    it into the host list or the path."""
+    scheme, _, rest = url.partition("://")
+    rest, _, fragment = rest.partition("#")
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if fragment or "@" in path + query:
+        raise ConfigError("url is malformed: percent-encode '/', '?', '#', '@' and '%' in "
+                          "the password (urllib.parse.quote(password, safe=''))")
+    found = []
+    for i, host in enumerate(hosts.split(",")):
+        match = _HOST.fullmatch(host)
+        port = None if match is None else int(match[2] or match[4] or default_port)
+        if match is None or port is None or not 0 < port < 65536:
+            raise ConfigError(f"url: {what} #{i + 1} is not host:port (the URL lists "
+                              f"host:port[,host:port...])")
+        found.append((match[1] or match[3], port))
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    return _HostListURL(tuple(found), path, username, password,
+                        scheme.startswith("rediss"), dict(parse_qsl(query)))
 
 
 def parse_sentinel_url(url: str) -> SentinelURL:
@@ -290,39 +364,33 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     The credentials are the servers' (primary and replicas: an ACL user and its password,
     as in ``redis://``); sentinels that require their own give them as
     ``?sentinel_username=...&sentinel_password=...``. A host without a port means 26379.
-    Other query arguments are redis-py's (``ssl_ca_certs=``, ...). Errors are
-    ``ConfigError`` and never repeat any part of the URL: an unescaped character in the
-    password moves part of it into the host list or the path.
+    Other query arguments are redis-py's (``ssl_ca_certs=``, ...).
     """
-    scheme, _, rest = url.partition("://")
-    rest, _, fragment = rest.partition("#")
-    rest, _, query = rest.partition("?")
-    netloc, _, path = rest.partition("/")
-    userinfo, at, hosts = netloc.rpartition("@")
-    if fragment or "@" in path + query:
-        raise ConfigError("url is malformed: percent-encode '/', '?', '#', '@' and '%' in "
-                          "the password (urllib.parse.quote(password, safe=''))")
-    sentinels = []
-    for i, host in enumerate(hosts.split(",")):
-        match = _SENTINEL_HOST.fullmatch(host)
-        port = None if match is None else int(match[2] or match[4] or _SENTINEL_PORT)
-        if match is None or port is None or not 0 < port < 65536:
-            raise ConfigError(f"url: sentinel #{i + 1} is not host:port (a Sentinel URL "
-                              f"lists host:port[,host:port...] before the service name)")
-        sentinels.append((match[1] or match[3], port))
-    service, _, db = path.partition("/")
+    parts = _parse_host_list(url, "sentinel", _SENTINEL_PORT)
+    service, _, db = parts.path.partition("/")
     if not service:
         raise ConfigError("url names no service: redis+sentinel://host:port/service[/db]")
     db = db.strip("/")
     if db and not db.isdigit():
         raise ConfigError("url: the database after the service name must be a number")
-    username = password = None
-    if at:
-        user, colon, secret = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(secret) if colon else None
-    return SentinelURL(tuple(sentinels), unquote(service), int(db or 0), username, password,
-                       scheme.startswith("rediss"), dict(parse_qsl(query)))
+    return SentinelURL(parts.hosts, unquote(service), int(db or 0), parts.username,
+                       parts.password, parts.ssl, parts.options)
+
+
+def parse_cluster_url(url: str) -> ClusterURL:
+    """Take ``redis+cluster://[user:password@]host:port[,host:port...]`` apart
+    (``rediss+cluster://``: TLS; a ``redis://`` or ``rediss://`` URL with
+    ``cluster=True`` reads the same way, as one node).
+
+    Any node will do: the cluster tells where the rest are. A host without a port means
+    6379; a cluster has database 0 only, so a path is ``/0`` or nothing. Query arguments
+    are redis-py's (``ssl_ca_certs=``, ...).
+    """
+    parts = _parse_host_list(url, "node", _REDIS_PORT)
+    if parts.path.strip("/") not in ("", "0") or "db" in parts.options:
+        raise ConfigError("url names a database: a Redis Cluster has database 0 only")
+    return ClusterURL(parts.hosts, parts.username, parts.password, parts.ssl,
+                      parts.options)
 
 
 def _well_formed(url: str) -> bool:

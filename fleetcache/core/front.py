@@ -25,7 +25,7 @@ from .clock import SYSTEM_CLOCK, Clock
 from .codec import Codec
 from .config import CacheConfig
 from .decorator import CachedFunction, default_prefix
-from .errors import BackendError
+from .errors import BackendError, ConfigError
 from .flights import Fill, check_fill_options
 from .notfound import NOT_FOUND
 from .readpath import ReadPath
@@ -74,11 +74,14 @@ class FleetCache:
         elif options:
             config = config.replace(**options)
         self._config = config
+        if client is not None and config.is_cluster:
+            raise ConfigError("client= cannot serve a cluster url: the cache builds its own "
+                              "client on the primary of the namespace's slot")
         self._client = None if client is None else check_client(client)
         self._clock = SYSTEM_CLOCK if clock is None else clock
         self._codec = Codec(config.max_value_bytes, config.signing_key_bytes,
                             strict_types=config.strict_types)
-        self._keys = KeyLayout(config.namespace)
+        self._keys = KeyLayout(config.namespace, hash_tags=config.is_cluster)
         self._closed = False
         self._reset_process_state()
         fork.register(self)

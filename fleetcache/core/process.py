@@ -10,12 +10,15 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import redis
+from redis.sentinel import SentinelConnectionPool
 
 from ..observe.report import Observed, Reporter
 from ..redis.bus import InvalidationBus
 from ..redis.client import make_client
+from ..redis.cluster import SlotWatch, slot_home
 from ..redis.keys import KeyLayout
 from ..redis.lane import CommandLane
 from ..redis.locks import FleetLock
@@ -56,9 +59,11 @@ class ProcessState:
         managed = sentinel_pool(self.client)
         lane = (CommandLane if managed is None else SentinelLane)(
             pool, keep=max(1, pool.max_connections // 2))
-        store = {"fill_lease_ms": int(config.fill_lease * 1000),
-                 "log_length": config.replay_log_length,
-                 "log_age_ms": int(config.replay_log_age * 1000)}
+        # On a cluster the namespace's notices go out on its shard channel.
+        store: dict[str, Any] = {"fill_lease_ms": int(config.fill_lease * 1000),
+                                 "log_length": config.replay_log_length,
+                                 "log_age_ms": int(config.replay_log_age * 1000),
+                                 "sharded": config.is_cluster}
         if config.lock_masters:  # the fill lock by quorum (fleetcache.redis.quorum)
             quorum = QuorumLocks([make_client(config.replace(url=url, lock_masters=()))
                                   for url in config.lock_masters])
@@ -84,7 +89,8 @@ class ProcessState:
         self.bus: Bus = InvalidationBus(
             self.client, channel=keys.channel, codec=codec, config=config, clock=clock,
             counters=counters, receiver=receiver,
-            primary_moved=None if managed is None else PrimaryWatch(managed, lane),
+            primary_moved=self._primary_watch(managed, lane),
+            sharded=config.is_cluster,
             log=(ReplayLog(self.client, keys, config.replay_log_length)
                  if config.replay_log_length else None),
         )
@@ -97,6 +103,15 @@ class ProcessState:
                 self.client, keys, receiver, self.bus, interval=config.stats_interval,
                 max_listener_lag=config.max_listener_lag, clock=clock)
             self.reporter.start()
+
+    def _primary_watch(self, managed: SentinelConnectionPool | None,
+                       lane: CommandLane) -> Callable[[Any], bool] | None:
+        """What the listener asks on each watchdog beat whether its connection still
+        leads to the primary: the sentinels (Sentinel), the slot's owner (Cluster)."""
+        if managed is not None:
+            return PrimaryWatch(managed, lane)
+        home = slot_home(self.client)
+        return None if home is None else SlotWatch(home, lane, self._keys.epoch)
 
     def fill_lock(self, key: str) -> FillLock:
         """A fresh fleet lock on ``key``'s compute (one per acquisition)."""

@@ -162,8 +162,9 @@ class FleetCacheBackend(BaseCache):  # type: ignore[misc]
     """Django's cache API over one process-wide :class:`~fleetcache.FleetCache`.
 
     Args:
-        location: ``LOCATION``, one ``redis://``, ``rediss://`` or ``unix://`` URL (a list
-            of exactly one is accepted too). Empty: ``FLEETCACHE_REDIS_URL``/``REDIS_URL``,
+        location: ``LOCATION``, one URL as ``url`` takes (``redis://``, ``rediss://``,
+            ``unix://``, ``redis+sentinel://``, ``redis+cluster://``; a list of exactly one
+            is accepted too). Empty: ``FLEETCACHE_REDIS_URL``/``REDIS_URL``,
             read when the first connection is made (see :class:`~fleetcache.FleetCache`).
         params: the rest of the ``CACHES`` entry. ``OPTIONS`` holds
             :class:`~fleetcache.CacheConfig` settings (not ``url``: that is ``LOCATION``);

@@ -137,4 +137,4 @@ def client_for(url: str, namespace: str) -> tuple[redis.Redis, KeyLayout]:
     """A client with fleetcache's short timeouts, and the layout of ``namespace`` (for the
     CLI, which needs no cache, no listener and no reporter of its own)."""
     config = CacheConfig(url=url, namespace=namespace)
-    return make_client(config), KeyLayout(namespace)
+    return make_client(config), KeyLayout(namespace, hash_tags=config.is_cluster)

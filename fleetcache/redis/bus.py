@@ -65,7 +65,11 @@ class _BusStalledError(Exception):
 
 
 class _PrimaryMovedError(_BusStalledError):
-    """The sentinels moved the primary away from the listener's connection."""
+    """The primary moved away from the listener's connection (Sentinel, Cluster)."""
+
+
+class _SlotMovedError(_BusStalledError):
+    """The cluster unsubscribed the listener: the channel's slot left its node."""
 
 
 class InvalidationBus:
@@ -83,10 +87,14 @@ class InvalidationBus:
         counters: Counters,
         receiver: BusReceiver,
         primary_moved: Callable[[Any], bool] | None = None,
+        sharded: bool = False,
     ) -> None:
         self.sender_id = os.urandom(8)
-        # Sentinel only (fleetcache.redis.sentinel.PrimaryWatch): asked on each watchdog
-        # beat whether the primary left the listener's connection.
+        # Redis Cluster (fleetcache.redis.cluster): the channel is a shard channel.
+        self._sharded = sharded
+        # Sentinel and Cluster (fleetcache.redis.sentinel.PrimaryWatch,
+        # fleetcache.redis.cluster.SlotWatch): asked on each watchdog beat whether the
+        # primary left the listener's connection.
         self._primary_moved = primary_moved
         self.connected = False
         self._client = client
@@ -180,7 +188,10 @@ class InvalidationBus:
     def _listen(self) -> None:
         pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
         try:
-            pubsub.subscribe(self._channel)
+            if self._sharded:
+                pubsub.ssubscribe(self._channel)
+            else:
+                pubsub.subscribe(self._channel)
             interval = self._config.health_check_interval
             lag = self._config.max_listener_lag
             poll = min(_POLL, lag / 4)  # early enough that a late wakeup still renews in time
@@ -193,7 +204,7 @@ class InvalidationBus:
                 if pending is None and now >= next_ping:
                     if (self._primary_moved is not None
                             and self._primary_moved(pubsub.connection)):
-                        raise _PrimaryMovedError("the sentinels moved the primary")
+                        raise _PrimaryMovedError("the primary moved")
                     now = time.monotonic()  # the watch may have taken a round trip
                     token = os.urandom(6).hex().encode()
                     pending = (token, now + self._config.health_check_timeout)
@@ -211,13 +222,16 @@ class InvalidationBus:
                     if msg is None:
                         continue
                 kind = msg["type"]
-                if kind == "message":
+                if kind in ("message", "smessage"):
                     self._receive(msg["data"])
                 elif kind == "pong":
                     if pending is not None and msg["data"] == pending[0]:
                         pending = None
-                elif kind == "subscribe":
+                elif kind in ("subscribe", "ssubscribe"):
                     self._mark_up()
+                elif kind == "sunsubscribe":
+                    # The cluster moved the slot away from this node (we never unsubscribe).
+                    raise _SlotMovedError("the cluster moved the channel's slot")
         finally:
             pubsub.close()  # `connected` is cleared by _mark_down, which logs the transition
 

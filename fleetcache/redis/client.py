@@ -4,17 +4,20 @@ Built clients get short, bounded timeouts everywhere (a cache that waits seconds
 Redis is worse than a miss). A client the application already has is used as it is, with
 its own pool and timeouts: fleetcache then never closes its pool, since the application
 owns it. A ``redis+sentinel://`` URL builds a client on the primary the sentinels name
-(:mod:`fleetcache.redis.sentinel`).
+(:mod:`fleetcache.redis.sentinel`), a ``redis+cluster://`` one a client on the primary of
+the namespace's slot (:mod:`fleetcache.redis.cluster`).
 """
 
 from __future__ import annotations
 
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.cluster import RedisCluster
 from redis.retry import Retry
 
-from ..core.config import SENTINEL_SCHEMES, CacheConfig, parse_sentinel_url
+from ..core.config import SENTINEL_SCHEMES, CacheConfig, parse_cluster_url, parse_sentinel_url
 from ..core.errors import ConfigError
+from .cluster import make_cluster_client
 from .sentinel import make_sentinel_client
 
 
@@ -32,6 +35,8 @@ def make_client(config: CacheConfig) -> redis.Redis:
     )
     if config.url.startswith(SENTINEL_SCHEMES):
         return make_sentinel_client(config, parse_sentinel_url(config.url), retry)
+    if config.is_cluster:
+        return make_cluster_client(config, parse_cluster_url(config.url), retry)
     pool = redis.BlockingConnectionPool.from_url(
         config.url,
         max_connections=config.max_connections,
@@ -52,8 +57,13 @@ def check_client(client: object) -> redis.Redis:
     """Accept an application's ``redis.Redis``, or say why it cannot serve a cache.
 
     Values are bytes end to end, so a client that decodes replies to str would corrupt
-    every read; a cluster client needs the cluster layout (not supported yet).
+    every read. A ``RedisCluster`` routes each command by its keys, and fleetcache's run
+    on one slot: the cache builds its own slot-following client from the URL.
     """
+    if isinstance(client, RedisCluster):
+        raise ConfigError("a RedisCluster client cannot serve a cache: pass "
+                          "url='redis+cluster://host:port' instead (fleetcache keeps the "
+                          "namespace in one slot and follows it)")
     if not isinstance(client, redis.Redis):
         raise ConfigError(f"client must be a redis.Redis, got {type(client).__name__}")
     kwargs = client.connection_pool.connection_kwargs

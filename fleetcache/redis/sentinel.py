@@ -35,15 +35,14 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import urlencode
 
 import redis
-from redis.connection import parse_url
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from ..core.config import CacheConfig, SentinelURL
 from .lane import CommandLane
+from .options import query_options
 
 logger = logging.getLogger("fleetcache")
 
@@ -61,10 +60,7 @@ def make_sentinel_client(config: CacheConfig, target: SentinelURL, retry: Retry)
     options = dict(target.options)
     auth = {name[len("sentinel_"):]: options.pop(name) for name in _SENTINEL_AUTH
             if name in options}
-    # redis-py's own parsing of the query arguments (ssl_ca_certs=..., ...), types included.
-    parsed = parse_url("redis://h/?" + urlencode(options))  # type: ignore[no-untyped-call]
-    extra = {k: v for k, v in parsed.items()
-             if k != "host"}
+    extra = query_options(options)
     tls: dict[str, Any] = {"ssl": True, **extra} if target.ssl else dict(extra)
     common: dict[str, Any] = {
         "socket_timeout": config.socket_timeout,

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import redis
+from redis.commands.core import Script
 
 from ..core.errors import BackendError
 from ..core.protocols import FillLock, FillOutcome
@@ -83,7 +84,9 @@ return {1, 0}
 # log age ms. A script is not rolled back when a command in it fails (an ACL without the
 # channel, say): each write script notifies first, so a failure leaves at worst a notice
 # without a write (harmless: readers re-read L2), never a write without its notice.
-# Readers cannot tell the order apart: nothing runs between a script's commands.
+# Readers cannot tell the order apart: nothing runs between a script's commands. On a Redis
+# Cluster the notice goes out with SPUBLISH on the namespace's shard channel (same slot as
+# every key: fleetcache.redis.cluster), which reaches only that slot's shard.
 _NOTIFY = """
 local function notify()
   local n = #ARGV
@@ -235,24 +238,30 @@ class RedisStore:
                  "_set", "_set_many", "_store_fill", "client", "keys")
 
     def __init__(self, client: redis.Redis, keys: KeyLayout, lane: CommandLane,
-                 fill_lease_ms: int, *, log_length: int = 0, log_age_ms: int = 0) -> None:
+                 fill_lease_ms: int, *, log_length: int = 0, log_age_ms: int = 0,
+                 sharded: bool = False) -> None:
         self.client = client
         self.keys = keys
         self._lane = lane
         self._lease_ms = fill_lease_ms
         self._log = (log_length, log_age_ms)  # the tail of every notifying script's ARGV
         # redis-py's Script: its SHA and text (the lane runs EVALSHA, EVAL on NOSCRIPT).
-        self._discard = client.register_script(_DISCARD)
-        self._fetch_or_lock = client.register_script(_FETCH_OR_LOCK)
-        self._lock_stale = client.register_script(_LOCK_STALE)
-        self._store_fill = client.register_script(_STORE_FILL)
-        self._abandon_fill = client.register_script(_ABANDON_FILL)
-        self._set = client.register_script(_SET_PUBLISH)
-        self._check_and_set = client.register_script(_CHECK_AND_SET)
-        self._set_many = client.register_script(_SET_MANY_PUBLISH)
-        self._delete = client.register_script(_DELETE_PUBLISH)
-        self._publish = client.register_script(_PUBLISH)
-        self._delete_batch = client.register_script(_DELETE_BATCH)
+        def script(text: str) -> Script:
+            if sharded:
+                text = text.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'")
+            return client.register_script(text)
+
+        self._discard = script(_DISCARD)
+        self._fetch_or_lock = script(_FETCH_OR_LOCK)
+        self._lock_stale = script(_LOCK_STALE)
+        self._store_fill = script(_STORE_FILL)
+        self._abandon_fill = script(_ABANDON_FILL)
+        self._set = script(_SET_PUBLISH)
+        self._check_and_set = script(_CHECK_AND_SET)
+        self._set_many = script(_SET_MANY_PUBLISH)
+        self._delete = script(_DELETE_PUBLISH)
+        self._publish = script(_PUBLISH)
+        self._delete_batch = script(_DELETE_BATCH)
 
     def _notify(self, message: bytes,
                 published: bytes | None = None) -> tuple[str | bytes | int, ...]:

@@ -1,8 +1,8 @@
 """fleetcache on a Sentinel deployment: the same behaviour as on one server, then failovers.
 
 Real processes (forked workers, :mod:`tests.integration.procs`) on
-``redis+sentinel://...``: invalidation between them, one compute per fleet, streams,
-``clear``. Then the primary moves (``SENTINEL FAILOVER``, and a killed primary): every
+``redis+sentinel://...``: the core behaviour suite (:mod:`tests.integration.deployment`).
+Then the primary moves (``SENTINEL FAILOVER``, and a killed primary): every
 worker notices and flushes (the new primary has another run id), writes fail fast with a
 ``BackendError`` or succeed while it happens and succeed after it, and no read is served
 stale past the documented bound once the new primary took a write.
@@ -12,17 +12,22 @@ The module shares one deployment; the failover tests come last.
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from fleetcache import BackendError, BackendUnavailableError, ConfigError, FleetCache
+from fleetcache import BackendUnavailableError, ConfigError, FleetCache
 from fleetcache.core.config import parse_sentinel_url
 
 from ..integration import procs
+from ..integration.deployment import (
+    DeploymentSuite,
+    bus_stats,
+    summary,
+    wait_for_write,
+    write_loop,
+)
 from ..integration.procs import ABSENT, Fleet, await_value, connected, hold
 from .topology import Topology
 
@@ -32,28 +37,6 @@ SLACK = 0.5  # scheduling slack on top of a documented bound (2 shared cores)
 
 
 # -- commands run in the workers ------------------------------------------------------------
-
-
-def write_loop(cache: FleetCache, key: str, seconds: float) -> list[tuple[float, str, float]]:
-    """``set(key, i)`` every 10 ms for ``seconds``: (start, outcome, duration) of each."""
-    out: list[tuple[float, str, float]] = []
-    end = time.monotonic() + seconds
-    i = 0
-    while time.monotonic() < end:
-        i += 1
-        start = time.monotonic()
-        try:
-            cache.set(key, i)
-            outcome = "ok"
-        except BackendError as exc:
-            outcome = type(exc).__name__
-        out.append((start, outcome, time.monotonic() - start))
-        time.sleep(0.01)
-    return out
-
-
-def bus_stats(cache: FleetCache) -> dict[str, Any]:
-    return dataclasses.asdict(cache.stats()) | {"bus": cache.health().bus_connected}
 
 
 def primary_port(cache: FleetCache) -> int:
@@ -83,57 +66,13 @@ def test_sentinel_urls_parse_and_never_show_the_password() -> None:
         assert "s3c" not in str(err.value), (bad, str(err.value))
 
 
-# -- the core behaviour ---------------------------------------------------------------------
+# -- the core behaviour (tests.integration.deployment) --------------------------------------
 
 
-def test_two_workers_share_values_and_invalidations(sentinels: Topology, namespace: str) -> None:
-    url = sentinels.url()
-    with Fleet() as fleet:
-        a = fleet.spawn("a", connected(url, namespace))
-        b = fleet.spawn("b", connected(url, namespace))
-        a.call(procs.timed_set, "k", "v1")
-        assert b.call(hold, "k") == "v1"  # now served from b's L1
-        a.call(procs.timed_set, "k", "v2")
-        assert b.call(await_value, "k", "v2", 2.0)["before"] in ([], ["v1"])
-        a.call(procs.timed_delete, "k")
-        b.call(await_value, "k", ABSENT, 2.0)
-        a.call(procs.timed_set, "k2", "x")
-        assert b.call(hold, "k2") == "x"
-        b.call(clear)
-        a.call(await_value, "k2", ABSENT, 2.0)
-        assert b.call(streams_round_trip) == {"n": "1"}
-        a.stop()
-        b.stop()
-
-
-def clear(cache: FleetCache) -> int:
-    return cache.clear()
-
-
-def streams_round_trip(cache: FleetCache) -> dict[str, str]:
-    first = cache.publish_to_stream("events", {"n": "0"})
-    cache.publish_to_stream("events", {"n": "1"})
-    (entry_id, fields), = cache.read_stream("events", first, count=10, block_ms=100)
-    assert cache.read_stream_latest("events", 1)[0][0] == entry_id
-    return fields
-
-
-def test_a_cold_key_is_computed_once_per_fleet(
-    sentinels: Topology, namespace: str, tmp_path: Path,
-) -> None:
-    processes, threads = 2, 8
-    log = tmp_path / "computes.log"
-    barrier = procs.CTX.Barrier(processes * threads)
-    with Fleet() as fleet:
-        kids = [fleet.spawn(f"racer{i}", connected(sentinels.url(), namespace),
-                            {"barrier": barrier}) for i in range(processes)]
-        for kid in kids:
-            kid.send(procs.race, "cold", threads, str(log), 0.2)
-        reports = [kid.recv(timeout=30.0) for kid in kids]
-    lines = log.read_text().splitlines()
-    assert len(lines) == 1, lines
-    results = [res for r in reports for res in r["results"]]
-    assert all(status == "ok" and value["answer"] == 42 for status, value, _ in results)
+class TestCoreBehaviourOnSentinel(DeploymentSuite):
+    @pytest.fixture
+    def url(self, sentinels: Topology) -> str:
+        return sentinels.url()
 
 
 # -- failovers (last: they move the primary) ------------------------------------------------
@@ -185,13 +124,6 @@ def test_sentinel_failover_every_worker_follows_and_flushes(
     assert after and all(outcome == "ok" for outcome in after), summary(writes)
 
 
-def summary(writes: list[tuple[float, str, float]]) -> str:
-    outcomes: dict[str, int] = {}
-    for _, outcome, _ in writes:
-        outcomes[outcome] = outcomes.get(outcome, 0) + 1
-    return f"{outcomes}, slowest {max(t for _, _, t in writes) * 1000:.0f} ms"
-
-
 def test_a_killed_primary_fails_writes_fast_then_the_cache_recovers(
     sentinels: Topology, namespace: str,
 ) -> None:
@@ -223,16 +155,3 @@ def test_a_killed_primary_fails_writes_fast_then_the_cache_recovers(
         cache.close()
         other.close()
         victim.start()  # back as a replica of the new primary, for whoever comes next
-
-
-def wait_for_write(cache: FleetCache, timeout: float) -> float:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            cache.set("probe", 1)
-            return time.monotonic()
-        except BackendError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-

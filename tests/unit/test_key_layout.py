@@ -1,4 +1,4 @@
-"""KeyLayout: every Redis name in one place; with hash tags, one key's names share a slot."""
+"""KeyLayout: every Redis name in one place; with hash tags, a namespace's names share a slot."""
 
 from __future__ import annotations
 
@@ -21,17 +21,20 @@ def test_single_server_layout_is_the_one_existing_data_uses() -> None:
 
 
 @pytest.mark.parametrize("key", ["user:1", "a}b", "{x}", "}{", "ü" * 30, "k" * 1024])
-def test_hash_tags_put_value_lock_and_lease_of_a_key_in_one_slot(key: str) -> None:
+def test_hash_tags_put_every_name_of_the_namespace_in_one_slot(key: str) -> None:
     keys = KeyLayout("shop", hash_tags=True)
-    names = [keys.value(key), keys.lock(key), keys.lease(key)]
-    assert len({key_slot(name.encode()) for name in names}) == 1, names
-    assert keys.value(key) == "shop:v:{shop:" + key + "}"
+    names = [keys.value(key), keys.lock(key), keys.lease(key), keys.channel, keys.log,
+             keys.epoch, keys.position, keys.tag(key), keys.stream(key), keys.workers,
+             keys.workers_live, keys.workers_folded, keys.retired]
+    assert {key_slot(name.encode()) for name in names} == {key_slot(b"shop")}, names
+    assert keys.value(key) == "{shop}:v:" + key
+    assert keys.lock(key) == "redlock:{shop}:lock:" + key  # still pottery's format
 
 
-def test_hash_tags_spread_different_keys_over_slots() -> None:
-    keys = KeyLayout("shop", hash_tags=True)
-    slots = {key_slot(keys.value(f"user:{i}").encode()) for i in range(200)}
-    assert len(slots) > 150  # without tags on the key, all would share the namespace's slot
+def test_hash_tags_give_namespaces_their_own_slots() -> None:
+    slots = {key_slot(KeyLayout(f"app{i}", hash_tags=True).channel.encode())
+             for i in range(200)}
+    assert len(slots) > 190  # a cluster spreads namespaces over its primaries
 
 
 @pytest.mark.parametrize("namespace", ["a{b}", "a}", ""])

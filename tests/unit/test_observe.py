@@ -263,4 +263,4 @@ def test_the_fleet_view_names_live_in_the_key_layout() -> None:
         ("shop:w", "shop:w:live", "shop:w:folded", "shop:w:retired")
     tagged = KeyLayout("shop", hash_tags=True)
     names = (tagged.workers, tagged.workers_live, tagged.workers_folded, tagged.retired)
-    assert {n[n.index("{"):] for n in names} == {"{shop:w}"}
+    assert names == ("{shop}:w", "{shop}:w:live", "{shop}:w:folded", "{shop}:w:retired")

@@ -1,0 +1,172 @@
+"""L2 on a Redis Cluster: fleetcache's slot-following client against redis-py's RedisCluster.
+
+A 3-primary cluster on loopback (:func:`benchmarks.sizing.cluster`). fleetcache runs on
+``redis+cluster://`` with its L1 kept cold (capacity 1, 1,000 keys read round-robin: every
+``get`` is a GET, a decode and a promotion), so the namespace lives in one slot and every
+call is one round trip to that slot's primary (:mod:`fleetcache.redis.cluster`). The
+peer is redis-py's ``RedisCluster`` on the same cluster, whose keys spread over the three
+primaries: ``GET`` + ``msgspec`` decode, ``mget_nonatomic`` of 100 keys (grouped by slot,
+pipelined per node) + 100 decodes, and ``SET``. The one-server floor, a plain
+``redis.Redis`` GET + decode on the slot's primary, shows what routing costs.
+
+Calls are timed one by one and interleaved across peers (see :mod:`benchmarks.l2_hit`);
+ratios are per round, then the median.
+
+    python -m benchmarks.cluster [--quick]
+"""
+
+from __future__ import annotations
+
+# ruff: noqa: PLC0415 - peers are imported where measured
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import harness as h
+from .l2_hit import VALUE, _timed, summarize
+from .sizing import cluster
+
+NAME = "cluster"
+ROUNDS = (3, 5)  # (--quick, full)
+KEYS = 1000
+BATCH = 100
+TTL = 3600
+NAMESPACE = "bench-cl"
+PEER = "redis-py RedisCluster"
+
+
+def _cases(port: int) -> tuple[dict[str, dict[str, Callable[[int], Any]]], list[Any]]:
+    import msgspec
+    import redis
+    from redis.cluster import RedisCluster
+
+    from fleetcache import FleetCache
+
+    keys = [f"item:{i}" for i in range(KEYS)]
+    fleet = FleetCache.from_url(f"redis+cluster://127.0.0.1:{port}", namespace=NAMESPACE,
+                                l1_capacity=1)
+    fleet.connect(wait=5)
+    for k in keys:
+        fleet.set(k, VALUE, ttl=TTL)
+    rc: Any = RedisCluster(host="127.0.0.1", port=port)
+    encode, decode = msgspec.msgpack.Encoder().encode, msgspec.msgpack.Decoder().decode
+    rc_keys = [f"bench-rc:{k}" for k in keys]  # spread over every primary
+    blob = encode(VALUE)
+    for k in rc_keys:
+        rc.set(k, blob, px=TTL * 1000)
+    home = fleet.keys.value(keys[0])
+    node = rc.get_node_from_key(home)
+    direct = redis.Redis(host=node.host, port=node.port)  # the slot's primary, no routing
+    direct_keys = [fleet.keys.value(k) for k in keys]
+    n = len(keys)
+    batches = [keys[i:i + BATCH] for i in range(0, n, BATCH)]
+    rc_batches = [rc_keys[i:i + BATCH] for i in range(0, n, BATCH)]
+    nb = len(batches)
+    cases: dict[str, dict[str, Callable[[int], Any]]] = {
+        "get": {
+            f"{PEER} GET + decode": lambda i: decode(rc.get(rc_keys[i % n])),
+            "fleetcache get (L1 cold)": lambda i: fleet.get(keys[i % n]),
+            "one server: redis.Redis GET (no decode)": lambda i: direct.get(
+                direct_keys[i % n]),
+        },
+        "get_many": {
+            f"{PEER} mget_nonatomic({BATCH}) + decode": lambda i: [
+                decode(b) for b in rc.mget_nonatomic(rc_batches[i % nb])],
+            f"fleetcache get_many({BATCH}) (L1 cold)": lambda i: fleet.get_many(
+                batches[i % nb]),
+        },
+        "set": {
+            f"{PEER} SET of encoded bytes": lambda i: rc.set(rc_keys[i % n], blob,
+                                                             px=TTL * 1000),
+            "fleetcache set (SET+SPUBLISH script)": lambda i: fleet.set(keys[i % n], VALUE,
+                                                                        ttl=TTL),
+        },
+    }
+    return cases, [fleet, rc, direct]
+
+
+def measure(opts: h.Options, port: int) -> dict[str, Any]:
+    cases, clients = _cases(port)
+    fleet = clients[0]
+    n_ops = {"get": opts.pick(1000, 5000), "get_many": opts.pick(100, 500),
+             "set": opts.pick(300, 2000)}
+    rounds: dict[str, list[dict[str, dict[str, float]]]] = {op: [] for op in cases}
+    checks = []
+    for r in range(opts.rounds):
+        for op, peers in cases.items():
+            before = fleet.stats()
+            rounds[op].append(_timed(peers, n_ops[op], r, interleave=op != "set"))
+            after = fleet.stats()
+            if op != "set":
+                checks.append({"case": op, "l1_hits": after.l1_hits - before.l1_hits,
+                               "misses": after.misses - before.misses})
+    for client in clients:
+        client.close()
+    return {"rounds": rounds, "n_ops": n_ops, "checks": checks}
+
+
+def tables(figures: dict[str, Any], n_ops: dict[str, int]) -> list[h.Table]:
+    titles = {"get": "Cluster L2 hit: get with L1 cold (us per call)",
+              "get_many": f"Cluster L2 hit: {BATCH} keys in one call (us per call)",
+              "set": "Cluster write (us per call)"}
+    out = []
+    for op, title in titles.items():
+        t = h.Table(title, ["client", "p50", "p90", "p99", "max", f"x {PEER} p50",
+                            f"x {PEER} p99"],
+                    note=f"{n_ops[op]} calls per peer per round; median of rounds.")
+        for name, fig in figures[op].items():
+            us = fig["us"]
+            t.add(name, us["p50"], us["p90"], us["p99"], us["max"],
+                  h.fmt_ratio(fig["ratio_to_floor_p50"]), h.fmt_ratio(fig["ratio_to_floor_p99"]))
+        out.append(t)
+    return out
+
+
+def goals(figures: dict[str, Any], checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    cold = all(c["l1_hits"] == 0 and c["misses"] == 0 for c in checks)
+    out = []
+    for op, name in (("get", "fleetcache get (L1 cold)"),
+                     ("get_many", f"fleetcache get_many({BATCH}) (L1 cold)"),
+                     ("set", "fleetcache set (SET+SPUBLISH script)")):
+        ratio = figures[op][name]["ratio_to_floor_p50"]
+        out.append(h.goal(f"cluster {op}: fleetcache vs {PEER} (p50, informative)", ratio,
+                          "<= 1.15", ratio <= 1.15,
+                          "" if op == "set" or cold else
+                          "WARNING: some fleetcache calls were not L2 hits"))
+    return out
+
+
+def chart(figures: dict[str, Any]) -> dict[str, Any]:
+    panels = []
+    for op in ("get", "get_many", "set"):
+        names = list(figures[op])
+        panels.append({
+            "title": f"{op}: us per call (bar p50, whisker p99)", "unit": "us", "log": False,
+            "categories": names,
+            "series": [{"label": "p50", "values": [figures[op][n]["us"]["p50"] for n in names],
+                        "upper": [figures[op][n]["us"]["p99"] for n in names]}],
+        })
+    return {"title": "L2 on a 3-primary Redis Cluster (loopback), single thread",
+            "panels": panels}
+
+
+def run(opts: h.Options) -> dict[str, Any]:
+    started = time.monotonic()
+    with cluster() as nodes:
+        version = nodes[0].client.info("server")["redis_version"]
+        raw = measure(opts, nodes[0].port)
+    figures = summarize(raw)
+    params = {"keys": KEYS, "batch": BATCH, "ttl_s": TTL, "n_ops": raw["n_ops"],
+              "primaries": 3, "timer_ns": h.calibrate_timer()}
+    return h.report(opts, NAME, version, started, params=params, figures=figures,
+                    raw_rounds=raw["rounds"], tables=tables(figures, raw["n_ops"]),
+                    goals=goals(figures, raw["checks"]), chart=chart(figures),
+                    extra={"cold_checks": raw["checks"]})
+
+
+def main() -> None:
+    h.cli(h.parser("python -m benchmarks.cluster"), ROUNDS, run)
+
+
+if __name__ == "__main__":
+    main()

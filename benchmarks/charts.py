@@ -19,7 +19,7 @@ from typing import Any
 from . import harness as h
 
 ORDER = ("l1_hit", "l2_hit", "codec", "stampede", "invalidation", "fleet", "memory", "hit_ratio",
-         "stale", "replay", "tags", "fleet_profile", "sizing")
+         "stale", "replay", "tags", "fleet_profile", "sizing", "cluster")
 TITLES = {
     "l1_hit": "1. L1 hit, write and eviction",
     "l2_hit": "2. L2 hit (L1 cold)",
@@ -34,6 +34,7 @@ TITLES = {
     "tags": "11. Tags and prefixes: 10,000 keys fleet-wide",
     "fleet_profile": "12. Profile of a loaded worker (py-spy)",
     "sizing": "13. Sizing: invalidation fan-out (docs/sizing.md)",
+    "cluster": "14. L2 on a Redis Cluster",
 }
 
 

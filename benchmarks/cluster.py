@@ -4,10 +4,11 @@ A 3-primary cluster on loopback (:func:`benchmarks.sizing.cluster`). fleetcache 
 ``redis+cluster://`` with its L1 kept cold (capacity 1, 1,000 keys read round-robin: every
 ``get`` is a GET, a decode and a promotion), so the namespace lives in one slot and every
 call is one round trip to that slot's primary (:mod:`fleetcache.redis.cluster`). The
-peer is redis-py's ``RedisCluster`` on the same cluster, whose keys spread over the three
-primaries: ``GET`` + ``msgspec`` decode, ``mget_nonatomic`` of 100 keys (grouped by slot,
-pipelined per node) + 100 decodes, and ``SET``. The one-server floor, a plain
-``redis.Redis`` GET + decode on the slot's primary, shows what routing costs.
+peer is redis-py's ``RedisCluster`` on the same cluster: ``GET`` + ``msgspec`` decode and
+``SET`` of keys on the same server, ``MGET`` of 100 keys in one slot (what fleetcache
+sends) and ``mget_nonatomic`` of 100 keys spread over the three primaries (grouped by
+slot, pipelined per node: what an application's spread keys cost) + 100 decodes. A plain
+``redis.Redis`` on the slot's primary shows what routing costs.
 
 Calls are timed one by one and interleaved across peers (see :mod:`benchmarks.l2_hit`);
 ratios are per round, then the median.
@@ -50,36 +51,43 @@ def _cases(port: int) -> tuple[dict[str, dict[str, Callable[[int], Any]]], list[
         fleet.set(k, VALUE, ttl=TTL)
     rc: Any = RedisCluster(host="127.0.0.1", port=port)
     encode, decode = msgspec.msgpack.Encoder().encode, msgspec.msgpack.Decoder().decode
-    rc_keys = [f"bench-rc:{k}" for k in keys]  # spread over every primary
+    # The peer's keys on the same server as fleetcache's (the namespace's slot): one server
+    # serves both, so the figures compare clients, not servers (interleaved calls to
+    # different servers of a 2-core machine wake different processes). For get_many also
+    # keys spread over every primary, as a RedisCluster application's keys are.
+    same = [f"{{{NAMESPACE}}}:rc:{k}" for k in keys]
+    spread = [f"bench-rc:{k}" for k in keys]
     blob = encode(VALUE)
-    for k in rc_keys:
+    for k in same + spread:
         rc.set(k, blob, px=TTL * 1000)
-    home = fleet.keys.value(keys[0])
-    node = rc.get_node_from_key(home)
+    node = rc.get_node_from_key(same[0])
     direct = redis.Redis(host=node.host, port=node.port)  # the slot's primary, no routing
-    direct_keys = [fleet.keys.value(k) for k in keys]
     n = len(keys)
     batches = [keys[i:i + BATCH] for i in range(0, n, BATCH)]
-    rc_batches = [rc_keys[i:i + BATCH] for i in range(0, n, BATCH)]
+    same_batches = [same[i:i + BATCH] for i in range(0, n, BATCH)]
+    spread_batches = [spread[i:i + BATCH] for i in range(0, n, BATCH)]
     nb = len(batches)
     cases: dict[str, dict[str, Callable[[int], Any]]] = {
         "get": {
-            f"{PEER} GET + decode": lambda i: decode(rc.get(rc_keys[i % n])),
+            f"{PEER} GET + decode": lambda i: decode(rc.get(same[i % n])),
             "fleetcache get (L1 cold)": lambda i: fleet.get(keys[i % n]),
-            "one server: redis.Redis GET (no decode)": lambda i: direct.get(
-                direct_keys[i % n]),
+            "one server: redis.Redis GET + decode": lambda i: decode(direct.get(same[i % n])),
         },
         "get_many": {
-            f"{PEER} mget_nonatomic({BATCH}) + decode": lambda i: [
-                decode(b) for b in rc.mget_nonatomic(rc_batches[i % nb])],
+            f"{PEER} mget_nonatomic({BATCH}) + decode, keys spread": lambda i: [
+                decode(b) for b in rc.mget_nonatomic(spread_batches[i % nb])],
             f"fleetcache get_many({BATCH}) (L1 cold)": lambda i: fleet.get_many(
                 batches[i % nb]),
+            f"{PEER} MGET({BATCH}) + decode, keys in one slot": lambda i: [
+                decode(b) for b in rc.mget(same_batches[i % nb])],
         },
         "set": {
-            f"{PEER} SET of encoded bytes": lambda i: rc.set(rc_keys[i % n], blob,
+            f"{PEER} SET of encoded bytes": lambda i: rc.set(same[i % n], blob,
                                                              px=TTL * 1000),
             "fleetcache set (SET+SPUBLISH script)": lambda i: fleet.set(keys[i % n], VALUE,
                                                                         ttl=TTL),
+            "one server: redis.Redis SET": lambda i: direct.set(same[i % n], blob,
+                                                                px=TTL * 1000),
         },
     }
     return cases, [fleet, rc, direct]
@@ -123,16 +131,16 @@ def tables(figures: dict[str, Any], n_ops: dict[str, int]) -> list[h.Table]:
 
 
 def goals(figures: dict[str, Any], checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Reads only: a write also logs and publishes its notice (one script), which a bare
+    SET does not, so its ratio is in the table, not judged."""
     cold = all(c["l1_hits"] == 0 and c["misses"] == 0 for c in checks)
+    detail = "" if cold else "WARNING: some fleetcache calls were not L2 hits"
     out = []
     for op, name in (("get", "fleetcache get (L1 cold)"),
-                     ("get_many", f"fleetcache get_many({BATCH}) (L1 cold)"),
-                     ("set", "fleetcache set (SET+SPUBLISH script)")):
+                     ("get_many", f"fleetcache get_many({BATCH}) (L1 cold)")):
         ratio = figures[op][name]["ratio_to_floor_p50"]
-        out.append(h.goal(f"cluster {op}: fleetcache vs {PEER} (p50, informative)", ratio,
-                          "<= 1.15", ratio <= 1.15,
-                          "" if op == "set" or cold else
-                          "WARNING: some fleetcache calls were not L2 hits"))
+        out.append(h.goal(f"cluster {op}: fleetcache vs {PEER} (p50)", ratio, "<= 1.15",
+                          ratio <= 1.15, detail))
     return out
 
 

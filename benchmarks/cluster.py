@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import harness as h
-from .l2_hit import VALUE, _timed, summarize
+from .l2_hit import VALUE, chart, run_cases, summarize, tables
 from .sizing import cluster
 
 NAME = "cluster"
@@ -34,6 +34,9 @@ BATCH = 100
 TTL = 3600
 NAMESPACE = "bench-cl"
 PEER = "redis-py RedisCluster"
+TITLES = {"get": "Cluster L2 hit: get with L1 cold (us per call)",
+          "get_many": f"Cluster L2 hit: {BATCH} keys in one call (us per call)",
+          "set": "Cluster write (us per call)"}
 
 
 def _cases(port: int) -> tuple[dict[str, dict[str, Callable[[int], Any]]], list[Any]]:
@@ -95,39 +98,10 @@ def _cases(port: int) -> tuple[dict[str, dict[str, Callable[[int], Any]]], list[
 
 def measure(opts: h.Options, port: int) -> dict[str, Any]:
     cases, clients = _cases(port)
-    fleet = clients[0]
-    n_ops = {"get": opts.pick(1000, 5000), "get_many": opts.pick(100, 500),
-             "set": opts.pick(300, 2000)}
-    rounds: dict[str, list[dict[str, dict[str, float]]]] = {op: [] for op in cases}
-    checks = []
-    for r in range(opts.rounds):
-        for op, peers in cases.items():
-            before = fleet.stats()
-            rounds[op].append(_timed(peers, n_ops[op], r, interleave=op != "set"))
-            after = fleet.stats()
-            if op != "set":
-                checks.append({"case": op, "l1_hits": after.l1_hits - before.l1_hits,
-                               "misses": after.misses - before.misses})
+    raw = run_cases(opts, cases, clients[0])
     for client in clients:
         client.close()
-    return {"rounds": rounds, "n_ops": n_ops, "checks": checks}
-
-
-def tables(figures: dict[str, Any], n_ops: dict[str, int]) -> list[h.Table]:
-    titles = {"get": "Cluster L2 hit: get with L1 cold (us per call)",
-              "get_many": f"Cluster L2 hit: {BATCH} keys in one call (us per call)",
-              "set": "Cluster write (us per call)"}
-    out = []
-    for op, title in titles.items():
-        t = h.Table(title, ["client", "p50", "p90", "p99", "max", f"x {PEER} p50",
-                            f"x {PEER} p99"],
-                    note=f"{n_ops[op]} calls per peer per round; median of rounds.")
-        for name, fig in figures[op].items():
-            us = fig["us"]
-            t.add(name, us["p50"], us["p90"], us["p99"], us["max"],
-                  h.fmt_ratio(fig["ratio_to_floor_p50"]), h.fmt_ratio(fig["ratio_to_floor_p99"]))
-        out.append(t)
-    return out
+    return raw
 
 
 def goals(figures: dict[str, Any], checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -144,20 +118,6 @@ def goals(figures: dict[str, Any], checks: list[dict[str, Any]]) -> list[dict[st
     return out
 
 
-def chart(figures: dict[str, Any]) -> dict[str, Any]:
-    panels = []
-    for op in ("get", "get_many", "set"):
-        names = list(figures[op])
-        panels.append({
-            "title": f"{op}: us per call (bar p50, whisker p99)", "unit": "us", "log": False,
-            "categories": names,
-            "series": [{"label": "p50", "values": [figures[op][n]["us"]["p50"] for n in names],
-                        "upper": [figures[op][n]["us"]["p99"] for n in names]}],
-        })
-    return {"title": "L2 on a 3-primary Redis Cluster (loopback), single thread",
-            "panels": panels}
-
-
 def run(opts: h.Options) -> dict[str, Any]:
     started = time.monotonic()
     with cluster() as nodes:
@@ -167,8 +127,10 @@ def run(opts: h.Options) -> dict[str, Any]:
     params = {"keys": KEYS, "batch": BATCH, "ttl_s": TTL, "n_ops": raw["n_ops"],
               "primaries": 3, "timer_ns": h.calibrate_timer()}
     return h.report(opts, NAME, version, started, params=params, figures=figures,
-                    raw_rounds=raw["rounds"], tables=tables(figures, raw["n_ops"]),
-                    goals=goals(figures, raw["checks"]), chart=chart(figures),
+                    raw_rounds=raw["rounds"], tables=tables(figures, raw["n_ops"], TITLES, PEER),
+                    goals=goals(figures, raw["checks"]),
+                    chart=chart(figures, "L2 on a 3-primary Redis Cluster (loopback), single "
+                                         "thread"),
                     extra={"cold_checks": raw["checks"]})
 
 

@@ -155,8 +155,18 @@ def _cases(s: dict[str, Any]) -> dict[str, dict[str, Callable[[int], Any]]]:
 
 def measure(opts: h.Options, url: str) -> dict[str, Any]:
     s = _setup(url)
-    fleet = s["fleet"]
-    cases = _cases(s)
+    raw = run_cases(opts, _cases(s), s["fleet"])
+    # Set last wrote every key again: values are still what the get cases read.
+    s["fleet"].close()
+    s["raw"].close()
+    return raw
+
+
+def run_cases(opts: h.Options, cases: dict[str, dict[str, Callable[[int], Any]]],
+              fleet: Any) -> dict[str, Any]:
+    """Every round of the ``get``, ``get_many`` and ``set`` cases, each peer's calls timed
+    (:func:`_timed`), with ``fleet``'s counters checked: its read calls must all be L2
+    hits. Shared with :mod:`benchmarks.cluster`."""
     n_ops = {"get": opts.pick(1000, 5000), "get_many": opts.pick(100, 500),
              "set": opts.pick(300, 2000)}
     rounds: dict[str, list[dict[str, dict[str, float]]]] = {op: [] for op in cases}
@@ -170,9 +180,6 @@ def measure(opts: h.Options, url: str) -> dict[str, Any]:
                 checks.append({"case": op, "l1_hits": after.l1_hits - before.l1_hits,
                                "l2_hits": after.l2_hits - before.l2_hits,
                                "misses": after.misses - before.misses})
-    # Set last wrote every key again: values are still what the get cases read.
-    fleet.close()
-    s["raw"].close()
     return {"rounds": rounds, "n_ops": n_ops, "checks": checks}
 
 
@@ -192,14 +199,16 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
     return figures
 
 
-def tables(figures: dict[str, Any], n_ops: dict[str, int]) -> list[h.Table]:
-    titles = {"get": "L2 hit: get with L1 cold, value in Redis (us per call)",
-              "get_many": f"L2 hit: {BATCH} keys in one call (us per call)",
-              "set": "Write through to Redis (us per call)"}
+def tables(figures: dict[str, Any], n_ops: dict[str, int],
+           titles: dict[str, str] | None = None, reference: str = "floor") -> list[h.Table]:
+    """One table per case, each peer's ratio to the case's first peer (``reference``)."""
+    titles = titles or {"get": "L2 hit: get with L1 cold, value in Redis (us per call)",
+                        "get_many": f"L2 hit: {BATCH} keys in one call (us per call)",
+                        "set": "Write through to Redis (us per call)"}
     out = []
     for op, title in titles.items():
-        t = h.Table(title, ["client", "p50", "p90", "p99", "max", "x floor p50",
-                            "x floor p99"],
+        t = h.Table(title, ["client", "p50", "p90", "p99", "max", f"x {reference} p50",
+                            f"x {reference} p99"],
                     note=f"{n_ops[op]} calls per peer per round; median of rounds.")
         for name, fig in figures[op].items():
             us = fig["us"]
@@ -223,7 +232,8 @@ def goals(figures: dict[str, Any], checks: list[dict[str, Any]]) -> list[dict[st
     ]
 
 
-def chart(figures: dict[str, Any]) -> dict[str, Any]:
+def chart(figures: dict[str, Any],
+          title: str = "L2 (Redis on loopback), single thread") -> dict[str, Any]:
     panels = []
     for op in ("get", "get_many", "set"):
         names = list(figures[op])
@@ -233,7 +243,7 @@ def chart(figures: dict[str, Any]) -> dict[str, Any]:
             "series": [{"label": "p50", "values": [figures[op][n]["us"]["p50"] for n in names],
                         "upper": [figures[op][n]["us"]["p99"] for n in names]}],
         })
-    return {"title": "L2 (Redis on loopback), single thread", "panels": panels}
+    return {"title": title, "panels": panels}
 
 
 def run(opts: h.Options) -> dict[str, Any]:

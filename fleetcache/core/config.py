@@ -387,7 +387,7 @@ def parse_cluster_url(url: str) -> ClusterURL:
     are redis-py's (``ssl_ca_certs=``, ...).
     """
     parts = _parse_host_list(url, "node", _REDIS_PORT)
-    if parts.path.strip("/") not in ("", "0") or "db" in parts.options:
+    if parts.path.strip("/") not in ("", "0") or parts.options.get("db", "0") != "0":
         raise ConfigError("url names a database: a Redis Cluster has database 0 only")
     return ClusterURL(parts.hosts, parts.username, parts.password, parts.ssl,
                       parts.options)

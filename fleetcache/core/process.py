@@ -65,7 +65,8 @@ class ProcessState:
                                  "log_age_ms": int(config.replay_log_age * 1000),
                                  "sharded": config.is_cluster}
         if config.lock_masters:  # the fill lock by quorum (fleetcache.redis.quorum)
-            quorum = QuorumLocks([make_client(config.replace(url=url, lock_masters=()))
+            quorum = QuorumLocks([make_client(config.replace(url=url, lock_masters=(),
+                                                             cluster=False))
                                   for url in config.lock_masters])
             self.l2: L2Store = QuorumStore(self.client, keys, lane, quorum=quorum, **store)
         else:

@@ -16,11 +16,16 @@ What this module adds is a client that keeps following that slot:
 * :class:`SlotHome` knows which primary serves the slot, asking any node it knows
   (``CLUSTER SLOTS``: the seeds of the URL first, then every node the cluster named);
 * :class:`SlotConnection` connects to that primary, whatever address its pool was made
-  with, and turns a ``MOVED`` reply (a failover, a resharding moved the slot) into a
-  ``ConnectionError`` after noting the new owner, so the client's retry policy reconnects
-  there: the same path a dead server takes. ``CLUSTERDOWN``, ``TRYAGAIN`` and ``ASK`` (a
-  slot half-way through a migration) are connection errors too: the call is retried, then
-  degrades as during any outage.
+  with, each time it (re)connects; turns a ``MOVED`` reply (a failover, a resharding moved
+  the slot) into a ``ConnectionError`` after noting the new owner, so the client's retry
+  policy reconnects there: the same path a dead server takes; and drops itself before
+  sending when the home moved since it connected, so that keyless commands (``SCAN``,
+  ``INFO``) and pub/sub never stay on a former owner. A dead or stalled primary sends no
+  ``MOVED``: a connection error or a timeout makes the next connection ask the cluster
+  again. ``CLUSTERDOWN``, ``TRYAGAIN`` and ``ASK`` (the slot half-way through a migration:
+  the namespace's keys are on two nodes until it ends) are outages
+  (``BackendUnavailableError``): reads are misses and writes fail until the cluster is
+  whole again; the connection stays as it is.
 
 Everything fleetcache builds on the client (the command lane, the listener, the replay
 log, streams, locks, the fleet view) then works on a cluster as on one server. The
@@ -44,7 +49,7 @@ from typing import Any
 import redis
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainError
+from redis.exceptions import ClusterDownError, MovedError
 from redis.retry import Retry
 
 from ..core.config import CacheConfig, ClusterURL
@@ -60,12 +65,13 @@ class SlotHome:
     """The primary that serves one hash slot, as the cluster last said.
 
     ``probe(host, port)`` makes an unconnected redis-py connection to a node, used once for
-    ``CLUSTER SLOTS``. The answer is kept until a connection to it fails or a ``MOVED``
-    names another owner. Threads may race to rediscover it: each asks the cluster and the
-    answers agree.
+    ``CLUSTER SLOTS``. The answer is kept until a ``MOVED`` names another owner, or a
+    connection to it fails or times out. One thread asks the cluster at a time (the others
+    wait for its answer), and an answer older than a ``MOVED`` received meanwhile is not
+    kept.
     """
 
-    __slots__ = ("_lock", "_nodes", "_primary", "_probe", "slot")
+    __slots__ = ("_asking", "_generation", "_lock", "_nodes", "_primary", "_probe", "slot")
 
     def __init__(self, seeds: tuple[Address, ...], slot: int,
                  probe: Callable[[str, int], Any]) -> None:
@@ -73,17 +79,34 @@ class SlotHome:
         self._probe = probe
         self._nodes: list[Address] = list(dict.fromkeys(seeds))  # asked in this order
         self._primary: Address | None = None
-        self._lock = threading.Lock()
+        self._generation = 0  # bumped by every change of _primary from outside discovery
+        self._lock = threading.Lock()  # guards _nodes
+        self._asking = threading.Lock()  # one discovery at a time
+
+    @property
+    def known(self) -> Address | None:
+        """The slot's primary if known now (never asks the cluster)."""
+        return self._primary
 
     def primary(self) -> Address:
         """The slot's primary (asked of the cluster if not known)."""
         found = self._primary
-        if found is None:
-            found = self._primary = self._discover()
+        if found is not None:
+            return found
+        with self._asking:
+            found = self._primary
+            if found is None:
+                generation = self._generation
+                found = self._discover()
+                if self._generation == generation:
+                    self._primary = found
+                else:  # a MOVED arrived while we asked: it is newer than our answer
+                    found = self._primary or found
         return found
 
     def moved(self, slot: int, address: Address) -> None:
         """A ``MOVED`` reply: ``slot`` is now served at ``address``."""
+        self._generation += 1
         if slot == self.slot:
             if self._primary != address:
                 logger.warning("fleetcache: cluster slot %d moved to %s:%s; following it",
@@ -95,20 +118,28 @@ class SlotHome:
     def lost(self, address: Address) -> None:
         """A connection to ``address`` failed: ask the cluster again next time."""
         if self._primary == address:
+            self._generation += 1
             self._primary = None
 
     def _discover(self) -> Address:
-        with self._lock:
-            nodes = list(self._nodes)
-        failures = 0
-        for host, port in nodes:
+        asked: set[Address] = set()
+        unreachable = 0
+        while True:  # nodes named by an answer are asked too, in the same round
+            with self._lock:
+                node = next((n for n in self._nodes if n not in asked), None)
+            if node is None:
+                break
+            asked.add(node)
+            host, port = node
             conn = self._probe(host, port)
             try:
                 conn.send_command("CLUSTER", "SLOTS")
                 ranges = conn.read_response()
-            except (redis.RedisError, OSError):
-                failures += 1
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                unreachable += 1
                 continue
+            except redis.RedisError:
+                continue  # not a cluster node (or an ACL without CLUSTER): ask the next
             finally:
                 conn.disconnect()
             owner = self._read_slots(ranges, host)
@@ -119,27 +150,31 @@ class SlotHome:
                 return owner
         raise redis.ConnectionError(
             f"no node of the cluster names the primary of slot {self.slot} "
-            f"({len(nodes)} asked, {failures} unreachable)")
+            f"({len(asked)} asked, {unreachable} unreachable)")
 
     def _read_slots(self, ranges: Any, asked: str) -> Address | None:
         """The slot's owner in a ``CLUSTER SLOTS`` reply; every node named is remembered
-        (a seed list of one node still finds the rest after that node dies)."""
+        (a seed list of one node still finds the rest after that node dies). A node whose
+        endpoint the cluster does not know (``"?"``) is no address."""
         owner = None
         for start, end, *servers in ranges:
             addresses = [_address(server, asked) for server in servers]
             with self._lock:
-                self._nodes.extend(a for a in addresses if a not in self._nodes)
-            if int(start) <= self.slot <= int(end) and addresses:
-                owner = addresses[0]
+                self._nodes.extend(a for a in addresses
+                                   if a is not None and a not in self._nodes)
+            if int(start) <= self.slot <= int(end):
+                owner = addresses[0] if addresses else None
         return owner
 
 
-def _address(server: Any, asked: str) -> Address:
-    """A node's ``[host, port, id, ...]`` entry; an empty or unknown host (``""``, ``"?"``)
-    is the one asked (the node did not announce an address)."""
+def _address(server: Any, asked: str) -> Address | None:
+    """A node's ``[host, port, id, ...]`` entry: an empty host is the node asked (it did
+    not announce another), ``"?"`` an unknown endpoint (None)."""
     raw = server[0]
     host = raw.decode() if isinstance(raw, bytes) else str(raw)
-    return (asked if host in ("", "?") else host), int(server[1])
+    if host == "?":
+        return None
+    return (host or asked), int(server[1])
 
 
 class SlotWatch:
@@ -161,14 +196,14 @@ class SlotWatch:
             return False  # the listener's own PING watchdog guards its connection
         if connection is None or (connection.host, connection.port) == primary:
             return False
+        self._lane.close()  # idle connections may lead to the former owner too
         logger.warning("fleetcache: cluster slot %d is served at %s:%s now; the listener "
                        "reconnects", self._home.slot, *primary)
         return True
 
 
 class _Homed:
-    """Connects to the slot's primary; ``MOVED`` and the cluster's transient refusals
-    become connection errors (see the module doc)."""
+    """Connects to the slot's primary and follows it (see the module doc)."""
 
     slot_home: SlotHome
     host: str
@@ -178,33 +213,41 @@ class _Homed:
         self.slot_home = slot_home
         super().__init__(**kwargs)
 
-    def connect(self) -> None:
+    def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+        # Every (re)connect of redis-py comes through here: connect(), and the reconnect
+        # of a send on a dropped socket (the retries of the lane, clients and pipelines).
         if self._sock is not None:  # type: ignore[attr-defined]
             return
         self.host, self.port = self.slot_home.primary()
         try:
-            super().connect()  # type: ignore[misc]
+            super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
         except (redis.ConnectionError, redis.TimeoutError):
             self.slot_home.lost((self.host, self.port))
             raise
+
+    def send_packed_command(self, *args: Any, **kwargs: Any) -> None:
+        home = self.slot_home.known
+        if (self._sock is not None  # type: ignore[attr-defined]
+                and home is not None and home != (self.host, self.port)):
+            self.disconnect()  # type: ignore[attr-defined]  # reconnects to the home
+        super().send_packed_command(*args, **kwargs)  # type: ignore[misc]
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().read_response(*args, **kwargs)  # type: ignore[misc]
         except MovedError as exc:
-            self.slot_home.moved(int(exc.slot_id), (exc.host, int(exc.port)))
+            host = exc.host or self.host  # ":port": the same host
+            self.slot_home.moved(int(exc.slot_id), (host, int(exc.port)))
             self.disconnect()  # type: ignore[attr-defined]
             raise redis.ConnectionError(
-                f"cluster slot {exc.slot_id} moved to {exc.host}:{exc.port}") from exc
-        except (AskError, ClusterDownError, TryAgainError) as exc:
+                f"cluster slot {exc.slot_id} moved to {host}:{exc.port}") from exc
+        except ClusterDownError:
+            # The connection is in sync; this node may be cut off from the cluster, so new
+            # connections ask the cluster again.
             self.slot_home.lost((self.host, self.port))
-            self.disconnect()  # type: ignore[attr-defined]
-            raise redis.ConnectionError(
-                f"cluster slot {self.slot_home.slot} unavailable "
-                f"({type(exc).__name__}: {exc})") from exc
+            raise
         except (redis.ConnectionError, redis.TimeoutError):
-            # A dead or stalled primary sends no MOVED: the cluster may be failing it over,
-            # so the next connection asks again where the slot is.
+            # A dead or stalled primary sends no MOVED: the cluster may be failing it over.
             self.slot_home.lost((self.host, self.port))
             raise
 

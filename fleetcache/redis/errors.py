@@ -17,7 +17,11 @@ from ..core.errors import (
     PoolExhaustedError,
 )
 
-UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
+# A cluster refusing the namespace's slot for now (down, or the slot half-way through a
+# migration: fleetcache.redis.cluster) is an outage too, though Redis says it in a reply.
+UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, OSError,
+               redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError,
+               redis.exceptions.AskError)
 _AUTH = (redis.AuthenticationError, redis.exceptions.AuthorizationError)
 _POOL_EMPTY = "No connection available"  # what redis-py's BlockingConnectionPool raises
 

@@ -96,12 +96,17 @@ class ReplayLog:
         return bytes(self._epoch(keys=[self._keys.epoch], args=[os.urandom(12).hex()]))
 
     def identity(self) -> Identity:
-        """The server's run id and the namespace's epoch."""
+        """The server's run id and the namespace's epoch.
+
+        The epoch first: it is a keyed command, so on a Redis Cluster a slot that moved
+        answers ``MOVED`` and the client follows it before INFO, which has no key, asks
+        whichever server it is on (:mod:`fleetcache.redis.cluster`)."""
+        epoch = self.epoch()
         try:
             run_id = self._client.info("server").get("run_id")
         except ResponseError:  # INFO renamed or refused by an ACL: the epoch still guards
             run_id = None
-        return Identity(None if run_id is None else str(run_id), self.epoch())
+        return Identity(None if run_id is None else str(run_id), epoch)
 
     def tail(self) -> Position:
         """The id of the last entry ever logged; with no log yet, it is started now with a

@@ -17,8 +17,9 @@ from typing import Any
 
 import redis
 from redis.commands.core import Script
+from redis.crc import key_slot
 
-from ..core.errors import BackendError
+from ..core.errors import BackendError, BackendUnavailableError
 from ..core.protocols import FillLock, FillOutcome
 from .errors import mapped_errors
 from .keys import KeyLayout, glob_escape
@@ -84,9 +85,9 @@ return {1, 0}
 # log age ms. A script is not rolled back when a command in it fails (an ACL without the
 # channel, say): each write script notifies first, so a failure leaves at worst a notice
 # without a write (harmless: readers re-read L2), never a write without its notice.
-# Readers cannot tell the order apart: nothing runs between a script's commands. On a Redis
-# Cluster the notice goes out with SPUBLISH on the namespace's shard channel (same slot as
-# every key: fleetcache.redis.cluster), which reaches only that slot's shard.
+# Readers cannot tell the order apart: nothing runs between a script's commands.
+# __PUBLISH__ is PUBLISH, or on a Redis Cluster SPUBLISH on the namespace's shard channel
+# (same slot as every key: fleetcache.redis.cluster), which reaches only that slot's shard.
 _NOTIFY = """
 local function notify()
   local n = #ARGV
@@ -105,7 +106,7 @@ local function notify()
   end
   local published = ARGV[n - 2]
   if published == '' then published = ARGV[n - 3] end
-  redis.call('PUBLISH', ARGV[n - 4], id .. '|' .. published)
+  redis.call('__PUBLISH__', ARGV[n - 4], id .. '|' .. published)
   return id
 end
 """
@@ -235,7 +236,7 @@ class RedisStore:
 
     __slots__ = ("_abandon_fill", "_check_and_set", "_delete", "_delete_batch", "_discard",
                  "_fetch_or_lock", "_lane", "_lease_ms", "_lock_stale", "_log", "_publish",
-                 "_set", "_set_many", "_store_fill", "client", "keys")
+                 "_set", "_set_many", "_sharded", "_store_fill", "client", "keys")
 
     def __init__(self, client: redis.Redis, keys: KeyLayout, lane: CommandLane,
                  fill_lease_ms: int, *, log_length: int = 0, log_age_ms: int = 0,
@@ -245,11 +246,12 @@ class RedisStore:
         self._lane = lane
         self._lease_ms = fill_lease_ms
         self._log = (log_length, log_age_ms)  # the tail of every notifying script's ARGV
+        self._sharded = sharded
+        publish = "SPUBLISH" if sharded else "PUBLISH"
+
         # redis-py's Script: its SHA and text (the lane runs EVALSHA, EVAL on NOSCRIPT).
         def script(text: str) -> Script:
-            if sharded:
-                text = text.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'")
-            return client.register_script(text)
+            return client.register_script(text.replace("__PUBLISH__", publish))
 
         self._discard = script(_DISCARD)
         self._fetch_or_lock = script(_FETCH_OR_LOCK)
@@ -436,10 +438,31 @@ class RedisStore:
         was deleted. (A fill that starts during the clear computes after it began.)
         """
         with mapped_errors("clear"):
+            self._settled("clear")
             self._unlink_matching(self.keys.lease_prefix, batch)
             deleted = self._unlink_matching(self.keys.value_prefix, batch)
+            self._settled("clear")
             self._publish(keys=self._tail(), args=self._notify(message))
         return deleted
+
+    def _settled(self, what: str) -> None:
+        """On a Redis Cluster, before and after a SCAN (a command without a key): follow
+        the slot if it moved, and refuse a slot half-way through a migration, whose keys
+        are on two nodes (a SCAN of either misses the other's, and the values missed would
+        outlive the clear). ``CLUSTER NODES`` refused (an ACL) skips the second check."""
+        if not self._sharded:
+            return
+        self._lane.execute("EXISTS", self.keys.epoch)  # a MOVED here moves the client
+        try:
+            nodes = self._lane.execute("CLUSTER", "NODES")
+        except redis.ResponseError:
+            return
+        mine = next((line for line in nodes.decode().splitlines() if "myself" in line), "")
+        slot = key_slot(self.keys.namespace.encode())
+        if f"[{slot}->-" in mine or f"[{slot}-<-" in mine:
+            raise BackendUnavailableError(
+                f"{what}: the namespace's cluster slot {slot} is being migrated; its keys are "
+                f"on two nodes until the migration ends: try again then")
 
     def invalidate_tag(self, tag: str, message: bytes, batch: int = 500) -> int:
         """Delete every value in ``tag``'s set (and its fill leases), in batches of
@@ -456,9 +479,12 @@ class RedisStore:
         :meth:`invalidate_tag` does; how many values existed."""
         keys = self.keys
         with mapped_errors("delete_prefix"):
-            return self._delete_batches(
+            self._settled("delete_prefix")
+            deleted = self._delete_batches(
                 self.client.scan_iter(match=keys.value_match(prefix), count=batch), message,
                 batch, None, lambda name: keys.key_of(name.decode()))
+            self._settled("delete_prefix")
+            return deleted
 
     def _delete_batches(self, found: Iterable[bytes], message: bytes, batch: int,
                         tag_set: str | None, key_of: Callable[[bytes], str]) -> int:

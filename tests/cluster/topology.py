@@ -62,7 +62,8 @@ class Cluster:
         raise RuntimeError(f"{port} has no replica")
 
     def healthy(self) -> bool:
-        """Every live node says the cluster is ok and every slot has a live primary."""
+        """Every live node says the cluster is ok, every slot has a live primary, and every
+        live replica is in sync with its primary."""
         try:
             for node in self.nodes:
                 if node.proc is None:
@@ -73,7 +74,14 @@ class Cluster:
                 if "cluster_state:ok" not in text:
                     return False
             live = {s.port for s in self.nodes if s.proc is not None}
-            return all(int(primary[1]) in live for _, _, primary, *_ in self.slots())
+            if not all(int(primary[1]) in live for _, _, primary, *_ in self.slots()):
+                return False
+            # Every live replica in sync: one that is not cannot take over in a failover.
+            for port in live:
+                info: Any = self.client(port).info("replication")
+                if info["role"] == "slave" and info.get("master_link_status") != "up":
+                    return False
+            return True
         except redis.RedisError:
             return False
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,42 @@ def wait_for_write(cache: FleetCache, timeout: float) -> float:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+def lose_the_primary(url: str, namespace: str, *, fail: Callable[[], None],
+                     restore: Callable[[], None], label: str,
+                     error: str | None = "BackendUnavailableError") -> None:
+    """``fail()`` takes the primary away (a kill, a SIGSTOP) under two caches: writes fail
+    within 1 s (raising ``error``; None: any BackendError), reads degrade to misses, the
+    cache works again by itself once the deployment promoted a replica, and the other
+    cache flushed its L1 (another run id). ``restore()`` brings the victim back after."""
+    cache = FleetCache.from_url(url, namespace=namespace)
+    other = FleetCache.from_url(url, namespace=namespace)
+    try:
+        assert cache.connect(wait=5.0) and other.connect(wait=5.0)
+        cache.set("k", "before")
+        assert hold(other, "k") == "before"
+        fail()
+        failed = time.monotonic()
+        outcomes = write_loop(cache, "w", 0.5)  # before the deployment even sees it down
+        assert all(outcome == error if error else outcome.endswith("Error")
+                   for _, outcome, _ in outcomes), outcomes
+        assert max(took for _, _, took in outcomes) < 1.0, summary(outcomes)
+        with pytest.raises(BackendError):
+            cache.delete("k")
+        assert other.get("k", ABSENT) in (ABSENT, "before")  # reads degrade, never raise
+        recovered = wait_for_write(cache, 20.0)
+        print(f"\nprimary {label}: writes failed within "
+              f"{max(t for _, _, t in outcomes) * 1000:.0f} ms, worked again "
+              f"{recovered - failed:.2f} s after")
+        cache.set("k", "after")
+        assert await_value(other, "k", "after", 3.0)
+        stats = procs.await_reconnected(other, 5.0)
+        assert stats["l1_flushes"] >= 1, stats  # another run id: nothing held survives
+    finally:
+        cache.close()
+        other.close()
+        restore()
 
 
 def clear(cache: FleetCache) -> int:

@@ -139,6 +139,26 @@ def test_a_node_without_an_announced_host_is_the_one_asked() -> None:
     assert home.primary() == ("10.0.0.5", 10)
 
 
+def test_an_unknown_endpoint_is_no_address() -> None:
+    unknown = [[0, 99, [b"?", 10, b"id1"]], [100, 16383, [b"127.0.0.1", 12, b"id3"]]]
+    probe = Probe({1: unknown, 12: slots_reply(11, 10, 12)})
+    home = SlotHome((("127.0.0.1", 1),), 42, probe)
+    assert home.primary() == ("127.0.0.1", 11)  # asked the next node the cluster named
+    assert ("?", 10) not in probe.asked
+
+
+def test_an_answer_older_than_a_moved_is_not_kept() -> None:
+    home: SlotHome
+
+    class Racing(Probe):
+        def __call__(self, host: str, port: int) -> Any:
+            home.moved(42, ("127.0.0.1", 12))  # arrives while discovery asks
+            return super().__call__(host, port)
+
+    home = SlotHome((("127.0.0.1", 1),), 42, Racing({1: slots_reply(10, 11, 12)}))
+    assert home.primary() == ("127.0.0.1", 12)
+
+
 def test_no_node_answering_is_a_connection_error() -> None:
     home = SlotHome((("127.0.0.1", 1), ("127.0.0.1", 2)), 42, Probe({}))
     with pytest.raises(redis.ConnectionError, match="2 asked, 2 unreachable"):
@@ -157,6 +177,11 @@ class Lane:
         self.moved_to: tuple[str, int] | None = None
         self.down = False
         self.sent: list[tuple[Any, ...]] = []
+
+        self.closed = 0
+
+    def close(self) -> None:
+        self.closed += 1
 
     def execute(self, *args: Any) -> Any:
         self.sent.append(args)
@@ -180,6 +205,7 @@ def test_the_slot_watch_reconnects_a_listener_left_on_a_former_owner() -> None:
     assert lane.sent == [("EXISTS", "{shop}:epoch")]  # one round trip per beat
     lane.moved_to = ("127.0.0.1", 11)  # a failover the listener was not told about
     assert watch(Conn(10)) is True
+    assert lane.closed == 1  # its idle connections may lead to the former owner too
     assert watch(Conn(11)) is False  # reconnected to the new owner
     lane.down = True  # no answer: the listener's own PING watchdog decides
     assert watch(Conn(10)) is False

@@ -15,6 +15,7 @@ The module shares one cluster; the tests that kill a node come last.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -125,6 +126,19 @@ def test_the_cli_reads_and_flushes_a_namespace_on_the_cluster(
         assert wait_until(lambda: cache.get("user:1") is None, 2.0)
     finally:
         cache.close()
+
+
+def test_cachelibs_own_suite_passes_on_the_cluster(nodes: Cluster, tmp_path: Path) -> None:
+    from ..peers.test_cachelib_suite import run_cachelib_suite
+
+    run_cachelib_suite(nodes.url(count=2), tmp_path)
+
+
+@pytest.mark.timeout(600)
+def test_djangos_own_suite_passes_on_the_cluster(nodes: Cluster, tmp_path: Path) -> None:
+    from ..peers.test_django_suite import run_django_suite
+
+    run_django_suite(nodes.url(count=2), tmp_path)
 
 
 # -- the slot moves -------------------------------------------------------------------------

@@ -56,9 +56,14 @@ class TestFleetCacheBackend(CommonTests, ClearTests, HasTests, DeleteManyWithPre
 
 @pytest.mark.slow
 def test_cachelibs_common_suite_passes(own_server: Server, tmp_path: Path) -> None:
+    run_cachelib_suite(own_server.url, tmp_path)
+
+
+def run_cachelib_suite(url: str, tmp_path: Path) -> None:
+    """cachelib's suite on a backend at ``url`` (tests/cluster runs it on a cluster)."""
     tests = unpack_sdist("cachelib", tmp_path) / "tests"
     (tests / "test_fleetcache_backend.py").write_text(_MODULE)
-    env = dict(os.environ, FLEETCACHE_SUITE_URL=own_server.url)
+    env = dict(os.environ, FLEETCACHE_SUITE_URL=url)
     env.pop("FLEETCACHE_REDIS_URL", None)
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",

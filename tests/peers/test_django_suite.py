@@ -64,9 +64,15 @@ _CULL_SKIPS = 3
 
 @pytest.mark.timeout(600)
 def test_djangos_cache_backend_suite_passes(own_server: Server, tmp_path: Path) -> None:
+    run_django_suite(own_server.url, tmp_path)
+
+
+def run_django_suite(url: str, tmp_path: Path) -> None:
+    """Django's cache backend suite with ``LOCATION`` = ``url`` (tests/cluster runs it on
+    a cluster)."""
     tests = unpack_sdist("django", tmp_path) / "tests"
     (tests / "cache" / "test_fleetcache_backend.py").write_text(_MODULE)
-    env = dict(os.environ, FLEETCACHE_SUITE_URL=own_server.url, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, FLEETCACHE_SUITE_URL=url, PYTHONUNBUFFERED="1")
     for name in ("FLEETCACHE_REDIS_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE"):
         env.pop(name, None)
     start = time.monotonic()

@@ -31,7 +31,13 @@ Everything fleetcache builds on the client (the command lane, the listener, the 
 log, streams, locks, the fleet view) then works on a cluster as on one server. The
 listener uses sharded pub/sub (``SSUBSCRIBE``): notices stay within the slot's shard
 instead of flooding every node of the cluster, and Redis unsubscribes it when the slot
-moves, which the listener treats as a gap (:mod:`fleetcache.redis.bus`). A failover to a
+moves, which the listener treats as a gap (:mod:`fleetcache.redis.bus`). Not every move
+says so (a primary demoted by a failover keeps its subscribers; one cut off from the
+cluster keeps answering PING), so :class:`SlotWatch`, on the listener's watchdog beat, asks
+the slot's owner through the command lane and has the listener reconnect when its
+connection no longer leads there. ``clear()`` and ``delete_prefix`` SCAN, which sees one
+node's keys: they refuse a slot half-way through a migration
+(:mod:`fleetcache.redis.store`). A failover to a
 replica is another server with another ``run_id``: every worker flushes its L1, since the
 replica may lack the last writes (replication is asynchronous).
 
@@ -116,7 +122,12 @@ class SlotHome:
             self._primary = None
 
     def lost(self, address: Address) -> None:
-        """A connection to ``address`` failed: ask the cluster again next time."""
+        """A connection to ``address`` failed: ask the cluster again next time, that node
+        last (a stalled one would cost a whole timeout per question)."""
+        with self._lock:
+            if address in self._nodes:
+                self._nodes.remove(address)
+                self._nodes.append(address)
         if self._primary == address:
             self._generation += 1
             self._primary = None

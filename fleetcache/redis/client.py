@@ -19,6 +19,7 @@ from ..core.config import SENTINEL_SCHEMES, CacheConfig, parse_cluster_url, pars
 from ..core.errors import ConfigError
 from .cluster import make_cluster_client
 from .sentinel import make_sentinel_client
+from .tls import TLSConnection
 
 
 def make_client(config: CacheConfig) -> redis.Redis:
@@ -37,8 +38,10 @@ def make_client(config: CacheConfig) -> redis.Redis:
         return make_sentinel_client(config, parse_sentinel_url(config.url), retry)
     if config.is_cluster:
         return make_cluster_client(config, parse_cluster_url(config.url), retry)
+    tls = {"connection_class": TLSConnection} if config.url.startswith("rediss://") else {}
     pool = redis.BlockingConnectionPool.from_url(
         config.url,
+        **tls,
         max_connections=config.max_connections,
         timeout=config.pool_timeout,
         socket_timeout=config.socket_timeout,

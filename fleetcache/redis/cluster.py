@@ -61,6 +61,7 @@ from redis.retry import Retry
 from ..core.config import CacheConfig, ClusterURL
 from .lane import CommandLane
 from .options import query_options
+from .tls import SettledTLS, TLSConnection
 
 logger = logging.getLogger("fleetcache")
 
@@ -267,7 +268,7 @@ class SlotConnection(_Homed, redis.Connection):
     """A TCP connection to the primary of the namespace's slot."""
 
 
-class SlotSSLConnection(_Homed, redis.SSLConnection):
+class SlotSSLConnection(_Homed, SettledTLS, redis.SSLConnection):
     """A TLS connection to the primary of the namespace's slot."""
 
 
@@ -284,7 +285,7 @@ def make_cluster_client(config: CacheConfig, target: ClusterURL, retry: Retry) -
         "password": target.password,
         **query_options(target.options),
     }
-    base: type[redis.Connection] = redis.SSLConnection if target.ssl else redis.Connection
+    base: type[redis.Connection] = TLSConnection if target.ssl else redis.Connection
     no_retry = Retry(NoBackoff(), 0)
 
     def probe(host: str, port: int) -> Any:

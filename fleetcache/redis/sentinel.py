@@ -38,15 +38,20 @@ from typing import Any
 
 import redis
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelConnectionPool
+from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedSSLConnection
 
 from ..core.config import CacheConfig, SentinelURL
 from .lane import CommandLane
 from .options import query_options
+from .tls import SettledTLS
 
 logger = logging.getLogger("fleetcache")
 
 _SENTINEL_AUTH = ("sentinel_username", "sentinel_password")
+
+
+class SettledSentinelSSLConnection(SettledTLS, SentinelManagedSSLConnection):
+    """A TLS connection to the primary, ready when handed out (fleetcache.redis.tls)."""
 
 
 class BlockingSentinelConnectionPool(SentinelConnectionPool, redis.BlockingConnectionPool):
@@ -62,6 +67,9 @@ def make_sentinel_client(config: CacheConfig, target: SentinelURL, retry: Retry)
             if name in options}
     extra = query_options(options)
     tls: dict[str, Any] = {"ssl": True, **extra} if target.ssl else dict(extra)
+    # The servers' TLS connections PING at connect (fleetcache.redis.tls).
+    servers: dict[str, Any] = ({"connection_class": SettledSentinelSSLConnection}
+                               if target.ssl else {})
     common: dict[str, Any] = {
         "socket_timeout": config.socket_timeout,
         "socket_connect_timeout": config.connect_timeout,
@@ -81,6 +89,7 @@ def make_sentinel_client(config: CacheConfig, target: SentinelURL, retry: Retry)
         password=target.password,
         **common,
         **tls,
+        **servers,
     )
     return client
 

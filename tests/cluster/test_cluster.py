@@ -36,8 +36,10 @@ from ..integration.deployment import (
     write_loop,
 )
 from ..integration.procs import ABSENT, Fleet, await_value, connected, hold
+from ..servers import Server, binaries, free_port
+from ..tls import certificate, tls_options
 from ..waiting import wait_until
-from .topology import Cluster
+from .topology import Cluster, join
 
 pytestmark = pytest.mark.slow
 
@@ -139,6 +141,45 @@ def test_djangos_own_suite_passes_on_the_cluster(nodes: Cluster, tmp_path: Path)
     from ..peers.test_django_suite import run_django_suite
 
     run_django_suite(nodes.url(count=2), tmp_path)
+
+
+def test_a_tls_cluster_serves_rediss_cluster_urls(tmp_path: Path, namespace: str) -> None:
+    """3 primaries with TLS for clients and the cluster bus: the slot's owner is found,
+    and followed, over TLS (CLUSTER SLOTS over TLS names the TLS ports)."""
+    exe = binaries().get("redis")
+    if exe is None:
+        pytest.skip("TLS needs redis-server (the embedded Valkey is built without it)")
+    cert, key = certificate(tmp_path)
+    servers, tls_ports = [], []
+    try:
+        for _ in range(3):
+            port, options = tls_options(cert, key)
+            tls_ports.append(port)
+            servers.append(Server(exe, extra=(
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-port", str(free_port()), "--tls-cluster", "yes", *options)).start())
+        join(servers, primaries=3)
+        Cluster(servers).wait_healthy()
+        url = f"rediss+cluster://127.0.0.1:{tls_ports[0]}/?ssl_ca_certs={cert}"
+        a = FleetCache.from_url(url, namespace=namespace)
+        b = FleetCache.from_url(url, namespace=namespace)
+        try:
+            assert a.connect(wait=5.0) and b.connect(wait=5.0)
+            a.set("k", 1)
+            assert hold(b, "k") == 1
+            a.set("k", 2)
+            assert await_value(b, "k", 2, 2.0)
+            assert home_port(a) in tls_ports
+        finally:
+            a.close()
+            b.close()
+        for i in range(20):  # fresh connections serve their first command (fleetcache.redis.tls)
+            with FleetCache.from_url(url, namespace=namespace, stats_interval=0) as cache:
+                cache.set(f"k{i}", i)
+                assert cache.get_many([f"k{i}"]) == {f"k{i}": i}
+    finally:
+        for server in servers:
+            server.stop()
 
 
 # -- the slot moves -------------------------------------------------------------------------

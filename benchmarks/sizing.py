@@ -53,7 +53,6 @@ import os
 import selectors
 import socket
 import struct
-import subprocess
 import threading
 import time
 import uuid
@@ -706,22 +705,21 @@ def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def summarize(single: dict[str, Any], clustered: dict[str, Any] | None) -> dict[str, Any]:
+def summarize(single: dict[str, Any], clustered: dict[str, Any]) -> dict[str, Any]:
     def by_label(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         return {label: summarize_runs([rd[label] for rd in rounds]) for label in rounds[0]}
 
     figures: dict[str, Any] = {"single": by_label(single["rounds"]),
                                "notice_bytes": single["notices"],
                                "context": single["context"]}
-    if clustered is not None:
-        figures["cluster"] = by_label(clustered["rounds"])
-        rd = clustered["rounds"]
-        for n in {r["n"] for r in rd[0].values()}:
-            c, s = f"classic PUBLISH, N={n}", f"sharded SPUBLISH, N={n}"
-            figures["cluster"][s]["cpu_per_delivery_ratio_to_classic"] = h.median(
-                x[s]["cpu_us_per_delivery"] / x[c]["cpu_us_per_delivery"] for x in rd)
-            figures["cluster"][s]["delivered_ratio_to_classic"] = h.median(
-                x[s]["delivered_per_s"] / x[c]["delivered_per_s"] for x in rd)
+    figures["cluster"] = by_label(clustered["rounds"])
+    rd = clustered["rounds"]
+    for n in {r["n"] for r in rd[0].values()}:
+        c, s = f"classic PUBLISH, N={n}", f"sharded SPUBLISH, N={n}"
+        figures["cluster"][s]["cpu_per_delivery_ratio_to_classic"] = h.median(
+            x[s]["cpu_us_per_delivery"] / x[c]["cpu_us_per_delivery"] for x in rd)
+        figures["cluster"][s]["delivered_ratio_to_classic"] = h.median(
+            x[s]["delivered_per_s"] / x[c]["delivered_per_s"] for x in rd)
     base = f"N={BATCH_N}"
     rounds = single["rounds"]
     for k in BATCH_KEYS[1:]:
@@ -768,26 +766,25 @@ def tables(figures: dict[str, Any]) -> list[h.Table]:
                    f["lag_ms"]["p50"], f["lag_ms"]["p99"], f["drain_ms"], f["undelivered"],
                    f["max_omem"], _pct(f["sub_proc_cpu_max"]))
     out = [t1]
-    if "cluster" in figures:
-        cl = figures["cluster"]
-        t2 = h.Table("3-primary cluster: classic PUBLISH vs sharded SPUBLISH "
-                     f"({SHARDS} shard channels), saturated",
-                     ["run", "connections", "published/s", "delivered/s", "CPU per node",
-                      "us CPU/delivery (all nodes)", "x classic", "bus PUBLISH msgs/node",
-                      "lag p50 ms", "lag p99 ms", "undelivered", "subs CPU"],
-                     note="median of rounds; CPU per node = INFO cpu delta / wall of each "
-                          "primary; bus PUBLISH msgs = cluster_stats_messages_publish_sent "
-                          "delta per node (classic pub/sub forwards every notice to every "
-                          "other node); 'x classic' = CPU per delivery over classic's at the "
-                          "same N, per round. All three primaries, the publishers and the "
-                          "subscribers share the machine's cores.")
-        for label, f in cl.items():
-            t2.add(label, f["connections"], f["published_per_s"], f["delivered_per_s"],
-                   " / ".join(_pct(c) for c in f["node_cpu"]), f["cpu_us_per_delivery"],
-                   h.fmt_ratio(f.get("cpu_per_delivery_ratio_to_classic", 1.0)),
-                   " / ".join(h.fmt(b) for b in f["bus_publish_sent"]), f["lag_ms"]["p50"],
-                   f["lag_ms"]["p99"], f["undelivered"], _pct(f["sub_proc_cpu_max"]))
-        out.append(t2)
+    cl = figures["cluster"]
+    t2 = h.Table("3-primary cluster: classic PUBLISH vs sharded SPUBLISH "
+                 f"({SHARDS} shard channels), saturated",
+                 ["run", "connections", "published/s", "delivered/s", "CPU per node",
+                  "us CPU/delivery (all nodes)", "x classic", "bus PUBLISH msgs/node",
+                  "lag p50 ms", "lag p99 ms", "undelivered", "subs CPU"],
+                 note="median of rounds; CPU per node = INFO cpu delta / wall of each "
+                      "primary; bus PUBLISH msgs = cluster_stats_messages_publish_sent "
+                      "delta per node (classic pub/sub forwards every notice to every "
+                      "other node); 'x classic' = CPU per delivery over classic's at the "
+                      "same N, per round. All three primaries, the publishers and the "
+                      "subscribers share the machine's cores.")
+    for label, f in cl.items():
+        t2.add(label, f["connections"], f["published_per_s"], f["delivered_per_s"],
+               " / ".join(_pct(c) for c in f["node_cpu"]), f["cpu_us_per_delivery"],
+               h.fmt_ratio(f.get("cpu_per_delivery_ratio_to_classic", 1.0)),
+               " / ".join(h.fmt(b) for b in f["bus_publish_sent"]), f["lag_ms"]["p50"],
+               f["lag_ms"]["p99"], f["undelivered"], _pct(f["sub_proc_cpu_max"]))
+    out.append(t2)
     t3 = h.Table(f"Batching: keys per invalidation notice, N={BATCH_N} subscribers, saturated",
                  ["notice", "bytes", "notices/s", "keys invalidated/s", "server CPU",
                   "us CPU/notice", "us CPU/key", "x 1 key", "lag p99 ms"],
@@ -825,7 +822,7 @@ def tables(figures: dict[str, Any]) -> list[h.Table]:
 
 
 def goals(figures: dict[str, Any]) -> list[dict[str, Any]]:
-    runs = [*figures["single"].values(), *figures.get("cluster", {}).values()]
+    runs = [*figures["single"].values(), *figures["cluster"].values()]
     undelivered = sum(r["undelivered"] for r in runs)
     dropped = sum(r["dropped"] for r in runs)
     top = figures["single"][f"N={SINGLE_N[-1]}"]
@@ -836,14 +833,12 @@ def goals(figures: dict[str, Any]) -> list[dict[str, Any]]:
                   top["deliveries_per_server_cpu_s"], "informative", None,
                   f"{top['delivered_per_s']:,.0f} delivered/s at "
                   f"{top['server_cpu']:.0%} server CPU")]
-    cl = figures.get("cluster")
-    if cl:
-        ratios = [f["cpu_per_delivery_ratio_to_classic"] for f in cl.values()
-                  if "cpu_per_delivery_ratio_to_classic" in f]
-        worst = max(ratios)
-        out.append(h.goal("sharded pub/sub: less cluster CPU per delivery than classic",
-                          worst, "< 1.00x classic", worst < 1.0,
-                          "the worst N's ratio (median of rounds)"))
+    ratios = [f["cpu_per_delivery_ratio_to_classic"] for f in figures["cluster"].values()
+              if "cpu_per_delivery_ratio_to_classic" in f]
+    worst = max(ratios)
+    out.append(h.goal("sharded pub/sub: less cluster CPU per delivery than classic",
+                      worst, "< 1.00x classic", worst < 1.0,
+                      "the worst N's ratio (median of rounds)"))
     batch = figures["single"][f"{BATCH_KEYS[-1]} keys per notice"]
     out.append(h.goal(f"batching: server CPU per key, {BATCH_KEYS[-1]} keys per notice",
                       batch["cpu_per_key_ratio_to_1"], "informative (x one notice per key)",
@@ -862,14 +857,13 @@ def chart(figures: dict[str, Any]) -> dict[str, Any]:
                     {"label": "delivered/s (all subscribers)",
                      "values": [single[n]["delivered_per_s"] for n in ns]}]},
     ]
-    if "cluster" in figures:
-        cl = figures["cluster"]
-        cats = list(cl)
-        panels.append({
-            "title": "3-primary cluster: server CPU per delivered notice, all nodes",
-            "unit": "ns", "log": False, "categories": cats,
-            "series": [{"label": "ns CPU per delivery",
-                        "values": [cl[c]["cpu_us_per_delivery"] * 1000 for c in cats]}]})
+    cl = figures["cluster"]
+    cats = list(cl)
+    panels.append({
+        "title": "3-primary cluster: server CPU per delivered notice, all nodes",
+        "unit": "ns", "log": False, "categories": cats,
+        "series": [{"label": "ns CPU per delivery",
+                    "values": [cl[c]["cpu_us_per_delivery"] * 1000 for c in cats]}]})
     batch = [f"N={BATCH_N}", *(f"{k} keys per notice" for k in BATCH_KEYS[1:])]
     panels.append({
         "title": f"server CPU per invalidated key, N={BATCH_N}", "unit": "us", "log": True,
@@ -889,12 +883,7 @@ def chart(figures: dict[str, Any]) -> dict[str, Any]:
 def run(opts: h.Options) -> dict[str, Any]:
     single, version, started = h.on_server(lambda server: measure(opts, server))
     payload = single.pop("payload")  # the cluster's notices: fleetcache's 1-key notice
-    clustered: dict[str, Any] | None
-    try:
-        clustered = measure_cluster(opts, payload)
-    except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
-        print(f"  cluster part skipped: {exc}", flush=True)
-        clustered = None
+    clustered = measure_cluster(opts, payload)
     figures = summarize(single, clustered)
     params = {"single_n": list(SINGLE_N), "cluster_n": list(opts.pick(*CLUSTER_N)),
               "batch_n": BATCH_N, "batch_keys": list(BATCH_KEYS),
@@ -904,9 +893,9 @@ def run(opts: h.Options) -> dict[str, Any]:
               "paced_share": PACED_SHARE, "shards": SHARDS, "nodes": NODES,
               "namespace": NS, "channel": CHANNEL, "run_id": uuid.uuid4().hex[:8]}
     extra = {"disconnections": {"single": single["disconnections"],
-                                "cluster": clustered and clustered["disconnections"]},
-             "shard_channels": clustered and clustered["shards"]}
-    raw = {"single": single["rounds"], "cluster": clustered and clustered["rounds"]}
+                                "cluster": clustered["disconnections"]},
+             "shard_channels": clustered["shards"]}
+    raw = {"single": single["rounds"], "cluster": clustered["rounds"]}
     return h.report(opts, NAME, version, started, params=params, figures=figures,
                     raw_rounds=raw, tables=tables(figures), goals=goals(figures),
                     chart=chart(figures), extra=extra)

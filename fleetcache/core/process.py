@@ -59,11 +59,9 @@ class ProcessState:
         managed = sentinel_pool(self.client)
         lane = (CommandLane if managed is None else SentinelLane)(
             pool, keep=max(1, pool.max_connections // 2))
-        # On a cluster the namespace's notices go out on its shard channel.
-        store: dict[str, Any] = {"fill_lease_ms": int(config.fill_lease * 1000),
-                                 "log_length": config.replay_log_length,
-                                 "log_age_ms": int(config.replay_log_age * 1000),
-                                 "sharded": config.is_cluster}
+        store = {"fill_lease_ms": int(config.fill_lease * 1000),
+                 "log_length": config.replay_log_length,
+                 "log_age_ms": int(config.replay_log_age * 1000)}
         if config.lock_masters:  # the fill lock by quorum (fleetcache.redis.quorum)
             quorum = QuorumLocks([make_client(config.replace(url=url, lock_masters=(),
                                                              cluster=False))
@@ -91,7 +89,6 @@ class ProcessState:
             self.client, channel=keys.channel, codec=codec, config=config, clock=clock,
             counters=counters, receiver=receiver,
             primary_moved=self._primary_watch(managed, lane),
-            sharded=config.is_cluster,
             log=(ReplayLog(self.client, keys, config.replay_log_length)
                  if config.replay_log_length else None),
         )

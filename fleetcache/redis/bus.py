@@ -68,9 +68,6 @@ class _PrimaryMovedError(_BusStalledError):
     """The primary moved away from the listener's connection (Sentinel, Cluster)."""
 
 
-class _SlotMovedError(_BusStalledError):
-    """The cluster unsubscribed the listener: the channel's slot left its node."""
-
 
 class InvalidationBus:
     """Publishes nothing itself (writes do, inside their scripts); listens and applies."""
@@ -87,11 +84,8 @@ class InvalidationBus:
         counters: Counters,
         receiver: BusReceiver,
         primary_moved: Callable[[Any], bool] | None = None,
-        sharded: bool = False,
     ) -> None:
         self.sender_id = os.urandom(8)
-        # Redis Cluster (fleetcache.redis.cluster): the channel is a shard channel.
-        self._sharded = sharded
         # Sentinel and Cluster (fleetcache.redis.sentinel.PrimaryWatch,
         # fleetcache.redis.cluster.SlotWatch): asked on each watchdog beat whether the
         # primary left the listener's connection.
@@ -188,7 +182,7 @@ class InvalidationBus:
     def _listen(self) -> None:
         pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
         try:
-            if self._sharded:
+            if self._config.is_cluster:  # a shard channel (fleetcache.redis.cluster)
                 pubsub.ssubscribe(self._channel)
             else:
                 pubsub.subscribe(self._channel)
@@ -231,7 +225,7 @@ class InvalidationBus:
                     self._mark_up()
                 elif kind == "sunsubscribe":
                     # The cluster moved the slot away from this node (we never unsubscribe).
-                    raise _SlotMovedError("the cluster moved the channel's slot")
+                    raise _PrimaryMovedError("the cluster moved the channel's slot")
         finally:
             pubsub.close()  # `connected` is cleared by _mark_down, which logs the transition
 

@@ -236,18 +236,17 @@ class RedisStore:
 
     __slots__ = ("_abandon_fill", "_check_and_set", "_delete", "_delete_batch", "_discard",
                  "_fetch_or_lock", "_lane", "_lease_ms", "_lock_stale", "_log", "_publish",
-                 "_set", "_set_many", "_sharded", "_store_fill", "client", "keys")
+                 "_set", "_set_many", "_store_fill", "client", "keys")
 
     def __init__(self, client: redis.Redis, keys: KeyLayout, lane: CommandLane,
-                 fill_lease_ms: int, *, log_length: int = 0, log_age_ms: int = 0,
-                 sharded: bool = False) -> None:
+                 fill_lease_ms: int, *, log_length: int = 0, log_age_ms: int = 0) -> None:
         self.client = client
         self.keys = keys
         self._lane = lane
         self._lease_ms = fill_lease_ms
         self._log = (log_length, log_age_ms)  # the tail of every notifying script's ARGV
-        self._sharded = sharded
-        publish = "SPUBLISH" if sharded else "PUBLISH"
+        # The cluster layout (every name in the namespace's slot) publishes on its shard.
+        publish = "SPUBLISH" if keys.hash_tags else "PUBLISH"
 
         # redis-py's Script: its SHA and text (the lane runs EVALSHA, EVAL on NOSCRIPT).
         def script(text: str) -> Script:
@@ -450,7 +449,7 @@ class RedisStore:
         the slot if it moved, and refuse a slot half-way through a migration, whose keys
         are on two nodes (a SCAN of either misses the other's, and the values missed would
         outlive the clear). ``CLUSTER NODES`` refused (an ACL) skips the second check."""
-        if not self._sharded:
+        if not self.keys.hash_tags:
             return
         self._lane.execute("EXISTS", self.keys.epoch)  # a MOVED here moves the client
         try:

@@ -61,10 +61,9 @@ def test_cluster_scripts_publish_on_the_shard_channel() -> None:
             sent.append(text)
             return text
 
-    for sharded in (False, True):
+    for url, sharded in (("redis://h:1", False), ("redis+cluster://h:1", True)):
         sent.clear()
-        RedisStore(Client(), FleetCache.from_url("redis://h:1").keys, None,  # type: ignore[arg-type]
-                   1000, sharded=sharded)
+        RedisStore(Client(), FleetCache.from_url(url).keys, None, 1000)  # type: ignore[arg-type]
         publishing = [t for t in sent if "PUBLISH'" in t]
         assert publishing and all(("'SPUBLISH'" in t) == sharded for t in publishing)
 

@@ -319,36 +319,26 @@ def test_a_manual_failover_is_followed_by_every_worker(nodes: Cluster, namespace
     check_followed(result, "manual failover", writes_may_fail=False)
 
 
-# -- a killed primary (last: it changes the topology for good) ------------------------------
+# -- a lost primary (last: it changes the topology for good) --------------------------------
 
 
-def test_a_killed_primary_fails_writes_fast_then_its_replica_takes_over(
-    nodes: Cluster, namespace: str,
+@pytest.mark.parametrize("how", ["killed", "stalled"])
+def test_a_lost_primary_fails_writes_fast_then_its_replica_takes_over(
+    nodes: Cluster, namespace: str, how: str,
 ) -> None:
-    victim = nodes.by_port(nodes.owner(namespace))
-
-    def restore() -> None:
-        victim.start()  # back as a replica of its former replica
-        nodes.wait_healthy()
-
-    lose_the_primary(nodes.url(count=3), namespace, fail=victim.kill, restore=restore,
-                     label="killed")
-
-
-def test_a_stalled_primary_is_failed_over_and_the_cache_follows(
-    nodes: Cluster, namespace: str,
-) -> None:
-    """SIGSTOP: connections open, nothing answers, no MOVED ever comes; the cluster fails
-    the primary over after cluster-node-timeout, and the cache must find the new one."""
+    """Killed (SIGKILL), or stalled (SIGSTOP: connections open, nothing answers, no MOVED
+    ever comes): the cluster fails the primary over after cluster-node-timeout, and the
+    cache must find the new one by itself."""
     nodes.wait_healthy()  # the replica in sync: it must be able to take over
     victim = nodes.by_port(nodes.owner(namespace))
+    fail, back = ((victim.kill, victim.start) if how == "killed"
+                  else (victim.pause, victim.resume))
 
     def restore() -> None:
-        victim.resume()  # rejoins as a replica of its former replica
+        back()  # rejoins as a replica of its former replica
         nodes.wait_healthy()
 
-    lose_the_primary(nodes.url(count=3), namespace, fail=victim.pause, restore=restore,
-                     label="stalled")
+    lose_the_primary(nodes.url(count=3), namespace, fail=fail, restore=restore, label=how)
 
 
 def test_a_cluster_client_of_the_application_is_refused(nodes: Cluster) -> None:

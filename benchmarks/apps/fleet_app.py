@@ -43,6 +43,7 @@ OUT_DIR = os.environ.get("BENCH_OUT", "")
 NAMESPACE = os.environ.get("BENCH_NS", "fleet")
 REDIS_URL = os.environ.get("FLEETCACHE_REDIS_URL", "")
 L1_CAPACITY = int(os.environ.get("BENCH_L1_CAPACITY", "10000"))
+OPTIONS = json.loads(os.environ.get("BENCH_FLEETCACHE_OPTIONS", "{}"))
 TTL = 3600
 VARIANTS = ("fleetcache", "fleetcache-update", "flask-caching", "none", "dict")
 FLEET = VARIANT in ("fleetcache", "fleetcache-update")  # fleetcache, by its sync_strategy
@@ -57,7 +58,7 @@ if FLEET:
     # fleetcache.gunicorn hooks connect it in post_fork / post_worker_init.
     cache = FleetCache.from_url(
         REDIS_URL, namespace=NAMESPACE, l1_capacity=L1_CAPACITY,
-        sync_strategy="update" if VARIANT == "fleetcache-update" else "invalidate")
+        sync_strategy="update" if VARIANT == "fleetcache-update" else "invalidate", **OPTIONS)
 elif VARIANT == "flask-caching":
     from flask_caching import Cache
 

@@ -85,15 +85,25 @@ class Fill(Generic[T]):
 
 
 class Flight:
-    """One compute of one key in this process, and what came of it."""
+    """One compute of one key in this process, and what came of it.
 
-    __slots__ = ("_patience", "deadline", "done", "error", "owner", "value")
+    Followers wait on ``_landed``, a lock the flight holds from birth until it lands: a
+    follower acquires it (blocking until then, or until its deadline) and releases it at
+    once for the next. A lock costs a fraction of an ``Event`` to make (0.07 vs 2.8 us on
+    the benchmark VM: an Event is a Condition around a lock), and every L1 miss makes a
+    flight, while few ever have a follower. It is ``threading``'s, looked up when the
+    flight is made, so under gevent it is a greenlet-aware lock.
+    """
+
+    __slots__ = ("_landed", "_patience", "deadline", "error", "landed", "owner", "value")
 
     def __init__(self, owner: int, patience: float) -> None:
         self.owner = owner  # thread (or greenlet, once gevent patched) that leads
         self._patience = patience
         self.deadline = time.monotonic() + patience  # followers wait until then
-        self.done = threading.Event()
+        self._landed = threading.Lock()
+        self._landed.acquire()
+        self.landed = False
         self.value: Any = NO_VALUE
         self.error: BaseException | None = None
 
@@ -101,12 +111,21 @@ class Flight:
         """The leader starts its compute: followers owe it ``lock_timeout`` from now."""
         self.deadline = time.monotonic() + self._patience
 
+    def land(self) -> None:
+        """Wake every follower (once; the outcome is set before)."""
+        self.landed = True
+        self._landed.release()
+
     def wait(self) -> bool:
         """Wait for the outcome until the deadline (pushed on by the leader's progress);
         False if it passed first."""
-        while not self.done.wait(max(0.0, self.deadline - time.monotonic())):
-            if time.monotonic() >= self.deadline:
-                return self.done.is_set()
+        while not self.landed:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                return self.landed
+            if self._landed.acquire(timeout=left):
+                self._landed.release()  # the next follower's turn
+                return True
         return True
 
 
@@ -153,7 +172,7 @@ class Flights:
         with self._guard:
             if self._flights.get(key) is flight:
                 del self._flights[key]
-        flight.done.set()
+        flight.land()
 
     def __len__(self) -> int:
         return len(self._flights)

@@ -180,7 +180,7 @@ class InvalidationBus:
         self.connected = False
 
     def _listen(self) -> None:
-        pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
+        pubsub = self._client.pubsub()  # type: ignore[no-untyped-call, unused-ignore]
         try:
             if self._config.is_cluster:  # a shard channel (fleetcache.redis.cluster)
                 pubsub.ssubscribe(self._channel)
@@ -200,8 +200,8 @@ class InvalidationBus:
                             and self._primary_moved(pubsub.connection)):
                         raise _PrimaryMovedError("the primary moved")
                     now = time.monotonic()  # the watch may have taken a round trip
-                    token = os.urandom(6).hex().encode()
-                    pending = (token, now + self._config.health_check_timeout)
+                    token = os.urandom(6).hex()
+                    pending = (token.encode(), now + self._config.health_check_timeout)
                     pubsub.ping(token)
                     next_ping = now + interval
                     if self.connected:

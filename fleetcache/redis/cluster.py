@@ -292,7 +292,7 @@ def make_cluster_client(config: CacheConfig, target: ClusterURL, retry: Retry) -
         return base(host=host, port=port, **{**common, "retry": no_retry})
 
     home = SlotHome(target.nodes, key_slot(config.namespace.encode()), probe)
-    pool = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]
+    pool = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call, unused-ignore]
         connection_class=SlotSSLConnection if target.ssl else SlotConnection,
         max_connections=config.max_connections,
         timeout=config.pool_timeout,

@@ -11,5 +11,5 @@ from redis.connection import parse_url
 def query_options(options: dict[str, str]) -> dict[str, Any]:
     """``{"ssl_ca_certs": "/ca.pem", "socket_keepalive": "true"}`` as redis-py's
     ``from_url`` would pass them to a connection, types included."""
-    parsed = parse_url("redis://h/?" + urlencode(options))  # type: ignore[no-untyped-call]
+    parsed = parse_url("redis://h/?" + urlencode(options))  # type: ignore[no-untyped-call, unused-ignore]
     return {k: v for k, v in parsed.items() if k != "host"}

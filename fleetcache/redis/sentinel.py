@@ -77,9 +77,9 @@ def make_sentinel_client(config: CacheConfig, target: SentinelURL, retry: Retry)
         "protocol": 2,  # one round trip to set up a connection, as in client.make_client
         "driver_info": None,
     }
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
         list(target.sentinels), sentinel_kwargs={**common, **tls, **auth})
-    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call, unused-ignore]
         target.service,
         connection_pool_class=BlockingSentinelConnectionPool,
         max_connections=config.max_connections,
@@ -130,7 +130,7 @@ class PrimaryWatch:
     def __call__(self, connection: Any) -> bool:
         try:
             # Also disconnects the pool's idle connections if the address changed.
-            primary = self._pool.get_master_address()  # type: ignore[no-untyped-call]
+            primary = self._pool.get_master_address()  # type: ignore[no-untyped-call, unused-ignore]
         except redis.RedisError as exc:
             # No sentinel answers (or none names a healthy primary): the listener's own
             # PING watchdog still guards its connection. Said once per spell.

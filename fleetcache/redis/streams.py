@@ -68,7 +68,7 @@ class Streams:
         args += ["STREAMS", self._key(stream), last_id]
         with mapped_errors("XREAD"):
             if block_ms is None:
-                reply = self._client.execute_command(*args)  # type: ignore[no-untyped-call]
+                reply = self._client.execute_command(*args)  # type: ignore[no-untyped-call, unused-ignore]
             else:
                 reply = self._blocking(args, block_ms / 1000 + self._margin)
         if not reply:

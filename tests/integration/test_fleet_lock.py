@@ -8,6 +8,7 @@ round trips: fetch-or-lock (and open the fill's lease); store-release-announce.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from fleetcache import FleetCache
 from fleetcache.core.protocols import FillOutcome
 from fleetcache.redis.keys import KeyLayout
 from fleetcache.redis.lane import CommandLane
-from fleetcache.redis.locks import FleetLock
+from fleetcache.redis.locks import FleetLock, new_token
 from fleetcache.redis.store import RedisStore
 
 from ..servers import Server
@@ -172,3 +173,20 @@ def test_cold_miss_takes_two_round_trips_and_no_thread(own_server: Server) -> No
     assert not admin.exists("redlock:rt:lock:k")
     admin.close()
     cache.close()
+
+
+def test_tokens_are_unique_and_a_forked_child_draws_its_own() -> None:
+    tokens = {new_token() for _ in range(1000)}
+    assert len(tokens) == 1000
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next token and leave at once
+        os.write(write, new_token().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 200).decode()
+    os.close(read)
+    ours = new_token()
+    assert child.rsplit("-", 1)[0] != ours.rsplit("-", 1)[0]
+    assert child not in tokens | {ours}

@@ -17,7 +17,7 @@ import redis
 
 from fleetcache.core.config import CacheConfig
 from fleetcache.redis.client import make_client
-from fleetcache.redis.lane import CommandLane
+from fleetcache.redis.lane import CommandLane, packer
 
 from ..helpers import run_threads
 from ..servers import Server
@@ -125,3 +125,23 @@ def test_close_returns_connections_to_the_pool(client: redis.Redis) -> None:
     in_use = pool.max_connections - pool.pool.qsize()  # type: ignore[attr-defined]
     lane.close()
     assert pool.max_connections - pool.pool.qsize() == in_use - 1  # type: ignore[attr-defined]
+
+
+def test_hiredis_packs_what_the_clients_encoder_would(server: Server, namespace: str) -> None:
+    """A non-ASCII key and every argument type land as redis-py itself would send them; a
+    client with another encoding is packed by redis-py (hiredis only speaks UTF-8)."""
+    assert packer({}) is not None
+    assert packer({"encoding": "latin-1"}) is None
+    assert packer({"encoding": "utf-8", "encoding_errors": "replace"}) is None
+    for encoding in ("utf-8", "latin-1"):
+        c = redis.Redis.from_url(server.url, encoding=encoding)
+        lane = CommandLane(c.connection_pool, keep=1)
+        key = f"{namespace}:clé-{encoding}"
+        assert lane.execute("SET", key, "vé") == b"OK"
+        assert c.get(key) == "vé".encode(encoding)  # the client's own encoding, both ways
+        assert lane.execute("SET", key, 3) == b"OK" and c.get(key) == b"3"
+        assert lane.execute("SET", key, 2.5) == b"OK" and c.get(key) == b"2.5"
+        with pytest.raises(redis.DataError):  # redis-py's error, not hiredis' TypeError
+            lane.execute("SET", key, None)
+        assert lane.execute("GET", key) == b"2.5"  # the connection is still in sync
+        c.connection_pool.disconnect()

@@ -37,8 +37,9 @@ def deafen(cache: FleetCache) -> None:
 
 
 def lapse_lease(cache: FleetCache) -> None:
-    """End the listener's lease on L1 now, as if the listener had fallen behind (its next
-    renewal restores it)."""
+    """End the listener's lease on L1 now, as if the listener had fallen behind: busy, so
+    no reader may renew it either (its next drain, within 100 ms, restores both)."""
+    _process(cache).bus._drained = None  # type: ignore[attr-defined]
     cache._l1.fresh_until = 0.0
 
 

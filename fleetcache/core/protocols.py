@@ -141,6 +141,11 @@ class Bus(Protocol):
         that key's new envelope bytes (``sync_strategy="update"``)."""
         ...
 
+    def renew_if_drained(self) -> bool:
+        """Renew L1's lease if the listener has applied every notice that reached it and
+        is waiting for more; whether it did."""
+        ...
+
     def await_lease(self, timeout: float) -> bool:
         """Wait up to ``timeout`` for the listener to renew L1's lease; True if it did."""
         ...

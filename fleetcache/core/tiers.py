@@ -170,8 +170,9 @@ class Tiers:
     # -- rules shared by reads, writes and computes ------------------------------------
 
     def await_listener(self) -> bool:
-        """Wait up to ``max_listener_lag`` for the listener to renew L1's lease; whether
-        it did (then L1 may serve again).
+        """Renew L1's lease if the listener is drained, else wait up to
+        ``max_listener_lag`` for it to renew; whether the lease holds again (then L1 may
+        serve again). Only a wait counts in ``listener_waits``.
 
         Under gevent, greenlets serving L1 hits never yield and the listener waits its
         turn; waiting here yields, so it gets it, and costs no Redis round trip.
@@ -179,6 +180,8 @@ class Tiers:
         proc = self._proc
         if proc is None:
             return False
+        if proc.bus.renew_if_drained():  # the lease ran out while nothing was to apply
+            return True
         self.counters.listener_waits += 1
         return proc.bus.await_lease(self.config.max_listener_lag)
 

@@ -51,6 +51,8 @@ class BusState(Protocol):
     @property
     def connected(self) -> bool: ...
 
+    def renew_if_drained(self) -> bool: ...
+
 
 class Reporter:
     """Publishes this process's :class:`WorkerSnapshot` every ``interval`` seconds."""
@@ -99,9 +101,12 @@ class Reporter:
         """This process's state now."""
         l1 = self._source.l1
         stats = CacheStats.of(self._source.counters, l1.hits())
-        lease = l1.fresh_until
         lag: float | None = None
-        if self._bus.connected and math.isfinite(lease):
+        connected = self._bus.connected
+        if connected:
+            self._bus.renew_if_drained()  # an idle listener renews only when asked
+        lease = l1.fresh_until
+        if connected and math.isfinite(lease):
             lag = max(0.0, (self._clock.monotonic() - (lease - self._lag)) * 1000)
         return WorkerSnapshot(
             v=VERSION, host=self._host, pid=self._pid, instance=self._instance,

@@ -32,9 +32,10 @@ class WorkerSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     """One worker's state at one report (``reported``, seconds since the epoch, its clock).
 
     ``listener_lag_ms`` is how long before the report the invalidation listener last had
-    every notice that had reached its socket applied (it renews L1's lease each time it
-    finds the socket drained): the most a notice arriving then would have waited in this
-    process. None while the bus is down (no lease). It is a sample, not a maximum.
+    every notice that had reached its socket applied (L1's lease is renewed each time the
+    socket is found drained, by the listener or, while it sleeps, by a reader or the
+    report itself): the most a notice arriving then would have waited in this process.
+    None while the bus is down (no lease). It is a sample, not a maximum.
     """
 
     v: int

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import threading
 import time
 import uuid
@@ -343,7 +344,8 @@ def test_unreadable_notice_flushes_l1_and_logs_sparingly(
 
 
 def test_the_idle_listener_keeps_renewing_l1s_lease(cache: FleetCache) -> None:
-    """Nothing to hear is not a starved listener: the lease stays ahead of the clock."""
+    """Nothing to hear is not a starved listener: the lease stays ahead of the clock
+    (renewed by the reads themselves while the listener sleeps)."""
     lag = cache.config.max_listener_lag
     cache.set("k", 1)
     seen = set()
@@ -354,8 +356,41 @@ def test_the_idle_listener_keeps_renewing_l1s_lease(cache: FleetCache) -> None:
         seen.add(until)
         assert cache.get("k") == 1
         time.sleep(lag / 5)
-    assert len(seen) >= 5  # renewed at every quarter of the lag, not just once
+    assert len(seen) >= 5  # renewed each time it ran out, not just once
     assert cache.stats().l1_hits > 0
+    assert cache.stats().listener_waits == 0  # nothing to apply: no read ever waited
+
+
+def test_a_read_renews_the_lease_only_when_the_listener_has_nothing_to_apply(
+    cache: FleetCache,
+) -> None:
+    """The reader's renewal is refused while a notice is in the listener's socket or in
+    its hands; granted when the socket is empty and the listener idle."""
+    cache.set("k", 1)
+    bus = cache._tiers.process().bus
+    assert wait_until(lambda: bus._drained is not None, 2)  # the listener sleeps
+    lag = cache.config.max_listener_lag
+    time.sleep(lag * 1.5)  # the lease runs out while it sleeps
+    waits = cache.stats().listener_waits
+    assert cache.get("k") == 1
+    assert cache.stats().listener_waits == waits  # renewed by the read itself, no wait
+    bus.stop()  # from here on the test plays the listener
+    reader, writer = socket.socketpair()
+    try:
+        bus._drained = reader
+        writer.send(b"*3\r\n")  # a notice has arrived, unread
+        assert not bus.renew_if_drained()
+        reader.recv(16)  # read, not yet applied: the listener is busy
+        bus._drained = None
+        assert not bus.renew_if_drained()
+        bus._drained = reader  # applied, and nothing more came
+        before = l1_lease(cache)
+        assert bus.renew_if_drained()
+        assert l1_lease(cache) > before
+    finally:
+        bus._drained = None
+        reader.close()
+        writer.close()
 
 
 def test_a_down_bus_lifts_the_lease(own_server: Server) -> None:

@@ -3,8 +3,10 @@
 ``BENCH_CACHE`` picks the variant (read when the module is imported, i.e. in the gunicorn
 master under ``preload_app``):
 
-* ``fleetcache``: ``get_or_compute`` on reads; writes ``set`` the new value (fleet-wide
-  invalidation of every other worker's L1);
+* ``fleetcache``: default settings, ``get_or_compute`` on reads; writes ``set`` the new
+  value (fleet-wide invalidation of every other worker's L1); ``fleetcache-update`` and
+  ``fleetcache-10k`` change one setting each (``sync_strategy="update"``; an
+  ``l1_capacity`` that holds every key);
 * ``flask-caching``: Flask-Caching's ``RedisCache``, cache-aside (``get``; on a miss load and
   ``set``); writes ``set`` the new value;
 * ``none``: every read goes to the database;
@@ -42,11 +44,18 @@ DB_SECONDS = float(os.environ.get("BENCH_DB_MS", "5")) / 1000
 OUT_DIR = os.environ.get("BENCH_OUT", "")
 NAMESPACE = os.environ.get("BENCH_NS", "fleet")
 REDIS_URL = os.environ.get("FLEETCACHE_REDIS_URL", "")
-L1_CAPACITY = int(os.environ.get("BENCH_L1_CAPACITY", "10000"))
+# Settings on top of fleetcache's defaults, for experiments (JSON: {"max_listener_lag": 1}).
 OPTIONS = json.loads(os.environ.get("BENCH_FLEETCACHE_OPTIONS", "{}"))
 TTL = 3600
-VARIANTS = ("fleetcache", "fleetcache-update", "flask-caching", "none", "dict")
-FLEET = VARIANT in ("fleetcache", "fleetcache-update")  # fleetcache, by its sync_strategy
+VARIANTS = ("fleetcache", "fleetcache-update", "fleetcache-10k", "flask-caching", "none",
+            "dict")
+FLEET = VARIANT.startswith("fleetcache")
+# Each fleetcache variant is the defaults but one setting: the sync strategy, or an L1 that
+# holds every key (what the default capacity's eviction costs against the dict, which
+# holds every key too).
+VARIANT_OPTIONS: dict[str, dict[str, Any]] = {
+    "fleetcache": {}, "fleetcache-update": {"sync_strategy": "update"},
+    "fleetcache-10k": {"l1_capacity": 10_000}}
 
 app = Flask(__name__)
 _json = msgspec.json.Encoder().encode
@@ -56,9 +65,8 @@ if FLEET:
 
     # Module level, before fork (preload): fleetcache resets it in every worker, and the
     # fleetcache.gunicorn hooks connect it in post_fork / post_worker_init.
-    cache = FleetCache.from_url(
-        REDIS_URL, namespace=NAMESPACE, l1_capacity=L1_CAPACITY,
-        sync_strategy="update" if VARIANT == "fleetcache-update" else "invalidate", **OPTIONS)
+    cache = FleetCache.from_url(REDIS_URL, namespace=NAMESPACE,
+                                **{**VARIANT_OPTIONS[VARIANT], **OPTIONS})
 elif VARIANT == "flask-caching":
     from flask_caching import Cache
 

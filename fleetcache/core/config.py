@@ -89,7 +89,8 @@ class CacheConfig:
         max_listener_lag: L1 serves only while the listener has drained every notice that
             reached it until at most this long ago; past it (the listener starved of CPU by
             busy greenlets or threads) a read waits up to this long again for the listener,
-            then goes to Redis. The idle listener wakes every quarter of it to renew.
+            then goes to Redis. A read renews it itself when the listener has nothing to
+            apply, so an idle listener does not wake to renew it.
         reconnect_backoff: the longest pause between listener reconnect attempts.
         replay_log_length: notices kept in the namespace's replay log (a stream, trimmed
             approximately), so a listener that lost its connection replays what it missed

@@ -95,10 +95,14 @@ class Flight:
     flight is made, so under gevent it is a greenlet-aware lock.
     """
 
-    __slots__ = ("_landed", "_patience", "deadline", "error", "landed", "owner", "value")
+    __slots__ = ("_landed", "_patience", "deadline", "error", "landed", "owner", "seq",
+                 "value")
 
-    def __init__(self, owner: int, patience: float) -> None:
+    def __init__(self, owner: int, patience: float, seq: int = 0) -> None:
         self.owner = owner  # thread (or greenlet, once gevent patched) that leads
+        # L1's seq when the flight began: its outcome may predate any write of the key that
+        # L1 saw since (a follower then does not take it: see SingleFlight).
+        self.seq = seq
         self._patience = patience
         self.deadline = time.monotonic() + patience  # followers wait until then
         self._landed = threading.Lock()
@@ -139,8 +143,9 @@ class Flights:
         self._guard = threading.Lock()  # held for a dict operation only
         self._flights: dict[str, Flight] = {}
 
-    def join(self, key: str) -> tuple[Flight, bool]:
-        """The flight of ``key`` and whether the caller leads it (it started it).
+    def join(self, key: str, seq: int = 0) -> tuple[Flight, bool]:
+        """The flight of ``key`` and whether the caller leads it (it started it, at L1's
+        ``seq``).
 
         Raises ``RecursiveComputeError`` if the caller leads it already: its compute asked
         for its own key, and waiting would wait for itself.
@@ -149,21 +154,23 @@ class Flights:
         with self._guard:
             flight = self._flights.get(key)
             if flight is None:
-                flight = self._flights[key] = Flight(me, self._patience)
+                flight = self._flights[key] = Flight(me, self._patience, seq)
                 return flight, True
         if flight.owner == me:
             raise RecursiveComputeError(key)
         return flight, False
 
-    def take_over(self, key: str, stale: Flight) -> tuple[Flight, bool]:
-        """A follower gave up on ``stale``: lead a new flight in its place, unless another
-        follower already did (then follow that one) or it landed (then join afresh)."""
+    def take_over(self, key: str, stale: Flight, seq: int = 0) -> tuple[Flight, bool]:
+        """A follower gave up on ``stale``: lead a new flight in its place (at L1's ``seq``),
+        unless another follower already did (then follow that one) or it landed (then join
+        afresh)."""
         with self._guard:
             current = self._flights.get(key)
             if current is stale:
-                current = self._flights[key] = Flight(threading.get_ident(), self._patience)
+                current = self._flights[key] = Flight(threading.get_ident(), self._patience,
+                                                      seq)
                 return current, True
-        return self.join(key) if current is None else (current, False)
+        return self.join(key, seq) if current is None else (current, False)
 
     def land(self, key: str, flight: Flight, value: Any, error: BaseException | None) -> None:
         """Publish the leader's outcome to its followers and let the next caller lead."""

@@ -360,6 +360,11 @@ class LocalStore:
     def __len__(self) -> int:
         return len(self.data)
 
+    def moved_since(self, key: str, seq: int) -> bool:
+        """Whether ``key`` was written or invalidated, or L1 flushed, after ``seq``: then a
+        value read or computed from before may be older than what L1 was told of."""
+        return self._moved(key, seq)
+
     def _moved(self, key: str, seq: int) -> bool:
         """Whether ``key`` was written or invalidated, or L1 flushed, after ``seq``."""
         return self._floor > seq or self._touched.get(key, 0) > seq

@@ -73,20 +73,25 @@ class SingleFlight:
                 if tiers.clock.monotonic() >= entry[1] + fill.ahead:
                     tiers.counters.stale_served += 1
                 return self._answer_early(proc, key, fill, entry[0])
-        flight, leader = proc.flights.join(key)  # raises for a compute asking for its own key
+        l1 = tiers.l1
+        # raises for a compute asking for its own key
+        flight, leader = proc.flights.join(key, l1.seq)
         while not leader:
             if not flight.wait():
-                flight, leader = proc.flights.take_over(key, flight)
+                flight, leader = proc.flights.take_over(key, flight, l1.seq)
                 if leader:
                     logger.warning("fleetcache: waited lock_timeout for this process's "
                                    "compute of %r; one more compute takes over", key)
             elif flight.error is not None:
                 raise flight.error
-            elif flight.value is not NO_VALUE:
+            elif flight.value is not NO_VALUE and not l1.moved_since(key, flight.seq):
                 self._tiers.counters.l1_hits += 1  # served from this process, as L1 is
                 return flight.value  # type: ignore[no-any-return]
-            else:  # the leader was interrupted (a killed greenlet): start afresh
-                flight, leader = proc.flights.join(key)
+            else:
+                # The leader was interrupted (a killed greenlet), or its value may predate a
+                # write of the key L1 heard of during the flight (its read or compute began
+                # before): that value is its own caller's, not ours. Start afresh.
+                flight, leader = proc.flights.join(key, l1.seq)
         return self._lead(proc, flight, key, fill)
 
     def _lead(self, proc: ProcessState, flight: Flight, key: str, fill: Fill[T]) -> T:

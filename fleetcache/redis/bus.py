@@ -128,8 +128,9 @@ class InvalidationBus:
         self._counters = counters
         self._receiver = receiver
         self._stop = threading.Event()
-        self._renewed = threading.Event()  # replaced at each renewal; waiters hold the old one
-        self._renewing = threading.Lock()  # the listener and readers both renew
+        # Notified at each renewal (a Condition, not an Event per renewal: renewals come at
+        # every drained socket, waiters rarely). The listener and readers both renew.
+        self._renewed = threading.Condition(threading.Lock())
         self._lease_until = -math.inf
         # The listener's socket while the listener is idle with every notice it read
         # applied; None while it reads or applies, or is not connected (renew_if_drained).
@@ -163,10 +164,10 @@ class InvalidationBus:
     def await_lease(self, timeout: float) -> bool:
         """Wait up to ``timeout`` for the listener to renew L1's lease; True if it did (or
         had, since the caller found it run out)."""
-        renewed = self._renewed  # before looking: a renewal from now on sets this one
-        if self._clock.monotonic() < self._lease_until:
-            return True
-        return renewed.wait(timeout)
+        with self._renewed:
+            if self._clock.monotonic() < self._lease_until:
+                return True
+            return self._renewed.wait(timeout)
 
     def renew_if_drained(self) -> bool:
         """Renew L1's lease from a reader: True if the listener is idle with every notice
@@ -193,11 +194,10 @@ class InvalidationBus:
         return True
 
     def _renew(self, until: float) -> None:
-        with self._renewing:
+        with self._renewed:
             self._lease_until = until
             self._receiver.lease(until)
-            renewed, self._renewed = self._renewed, threading.Event()
-        renewed.set()
+            self._renewed.notify_all()
 
     def start(self) -> None:
         """Start the listener (idempotent)."""

@@ -16,9 +16,11 @@ import pytest
 import redis
 
 from fleetcache import FleetCache
+from fleetcache.core import flights
 
 from ..helpers import namespace_data_keys
 from ..servers import Server
+from ..waiting import wait_until
 
 MakeCache = Callable[..., FleetCache]
 COMPUTE = 0.2
@@ -253,3 +255,45 @@ def test_compute_that_always_fails_never_caches_or_hangs(
     assert raw.exists(data_key(caches[0], "k")) == 0
     assert raw.exists(lock_key(caches[0], "k")) == 0
     assert all(c.stats().in_flight == 0 for c in caches)
+
+
+def test_a_follower_never_takes_a_value_older_than_a_write_it_came_after(
+    make_cache: MakeCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Single-flight must not undo an invalidation: a caller that joins a flight after a
+    write of its key (the leader read the old data before it) does not share the leader's
+    value; the leader's own caller still gets it (its read began before the write)."""
+    writer, reader = connected(make_cache, 2)
+    writer.set("k", "old", ttl=60)
+    leading, release, following = threading.Event(), threading.Event(), threading.Event()
+    wait = flights.Flight.wait
+
+    def joined(self: flights.Flight) -> bool:
+        following.set()  # the follower is about to wait on the leader's flight
+        return wait(self)
+
+    monkeypatch.setattr(flights.Flight, "wait", joined)
+
+    def slow_old() -> str:  # what the leader computes: the data before the write
+        leading.set()
+        assert release.wait(5)
+        return "old"
+
+    writer.delete("k")  # L2 empty: the leader computes
+    results: dict[str, Any] = {}
+    lead = threading.Thread(target=lambda: results.update(
+        leader=reader.get_or_compute("k", slow_old, ttl=60)))
+    lead.start()
+    assert leading.wait(5)
+    writer.set("k", "new", ttl=60)  # the write, during the leader's compute
+    assert wait_until(lambda: reader.stats().invalidations_received >= 2)  # delete + set heard
+    follow = threading.Thread(target=lambda: results.update(
+        follower=reader.get_or_compute("k", lambda: "recomputed", ttl=60)))
+    follow.start()
+    assert following.wait(5)
+    release.set()
+    lead.join(5)
+    follow.join(5)
+    assert results["leader"] == "old"  # its caller's read began before the write
+    assert results["follower"] == "new"  # from L2, not the leader's older value
+    assert reader.get("k") == "new"  # and the old value was never kept

@@ -7,6 +7,7 @@ not ready": 36 of 50 measured). Real redis-server with TLS on loopback."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,6 +49,14 @@ def test_invalidations_travel_over_tls(tls_url: str, namespace: str) -> None:
         assert wait_until(lambda: b.get("k") == 1, 2.0)
         a.set("k", 2)
         assert wait_until(lambda: b.get("k") == 2, 2.0)
+        # Reads renew the lease on an idle TLS listener too (TLS buffers count as input).
+        lag = b.config.max_listener_lag
+        waits = b.stats().listener_waits
+        for _ in range(5):
+            time.sleep(lag * 1.5)  # the lease runs out while the listener sleeps
+            assert b.get("k") == 2
+        assert b.stats().listener_waits == waits
+        assert b.stats().l1_hits >= 5
     finally:
         a.close()
         b.close()

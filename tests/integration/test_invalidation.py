@@ -358,7 +358,9 @@ def test_the_idle_listener_keeps_renewing_l1s_lease(cache: FleetCache) -> None:
         time.sleep(lag / 5)
     assert len(seen) >= 5  # renewed each time it ran out, not just once
     assert cache.stats().l1_hits > 0
-    assert cache.stats().listener_waits == 0  # nothing to apply: no read ever waited
+    # Nothing to apply: reads renewed it themselves (one may have met a watchdog PONG in
+    # the listener's hands, and waited for it).
+    assert cache.stats().listener_waits <= 1
 
 
 def test_a_read_renews_the_lease_only_when_the_listener_has_nothing_to_apply(
@@ -370,10 +372,12 @@ def test_a_read_renews_the_lease_only_when_the_listener_has_nothing_to_apply(
     bus = cache._tiers.process().bus
     assert wait_until(lambda: bus._drained is not None, 2)  # the listener sleeps
     lag = cache.config.max_listener_lag
-    time.sleep(lag * 1.5)  # the lease runs out while it sleeps
     waits = cache.stats().listener_waits
-    assert cache.get("k") == 1
-    assert cache.stats().listener_waits == waits  # renewed by the read itself, no wait
+    for _ in range(3):
+        time.sleep(lag * 1.5)  # the lease runs out while the listener sleeps
+        assert cache.get("k") == 1
+    # renewed by the reads themselves (one may have met a watchdog PONG being read)
+    assert cache.stats().listener_waits - waits <= 1
     bus.stop()  # from here on the test plays the listener
     reader, writer = socket.socketpair()
     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from fleetcache import FleetCache
+from fleetcache.testing import l1_entry
 
 from ..servers import Server, binaries
 from ..tls import certificate, tls_options
@@ -48,15 +49,20 @@ def test_invalidations_travel_over_tls(tls_url: str, namespace: str) -> None:
         a.set("k", 1)
         assert wait_until(lambda: b.get("k") == 1, 2.0)
         a.set("k", 2)
-        assert wait_until(lambda: b.get("k") == 2, 2.0)
+        # The read that sees 2 may race the notice and not be promoted: read until L1 has it.
+        assert wait_until(lambda: b.get("k") == 2 and l1_entry(b, "k") is not None, 2.0)
         # Reads renew the lease on an idle TLS listener too (TLS buffers count as input).
         lag = b.config.max_listener_lag
-        waits = b.stats().listener_waits
+        before = b.stats()
         for _ in range(5):
             time.sleep(lag * 1.5)  # the lease runs out while the listener sleeps
             assert b.get("k") == 2
-        assert b.stats().listener_waits == waits
-        assert b.stats().l1_hits >= 5
+        after = b.stats()
+        # At most one wait (a watchdog PONG may be in the listener's hands at that moment,
+        # and that read may then go to Redis); a listener that readers could not renew for
+        # would make every one of the five wait.
+        assert after.listener_waits - before.listener_waits <= 1
+        assert after.l1_hits - before.l1_hits >= 4
     finally:
         a.close()
         b.close()

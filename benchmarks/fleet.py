@@ -386,41 +386,42 @@ def db_stale_loads(docs: list[dict[str, Any]]) -> int:
 
 class CPUClock:
     """CPU seconds (user + system) used so far by the gunicorn workers, the Redis server
-    and this process's finished children (the load generator: it is waited for before the
-    second reading)."""
+    (``INFO cpu``) and this process's finished children (the load generator: it is waited
+    for before the second reading)."""
 
-    def __init__(self, master_pid: int, server_pid: int | None) -> None:
+    def __init__(self, master_pid: int, url: str) -> None:
         import psutil
+        import redis
 
         self._workers = psutil.Process(master_pid).children()
-        self._server = psutil.Process(server_pid) if server_pid else None
+        self._redis = redis.Redis.from_url(url)
 
     def read(self) -> dict[str, float]:
-        def used(procs: list[Any]) -> float:
-            total = 0.0
-            for p in procs:
-                with contextlib.suppress(Exception):  # a worker gone: its CPU is lost
-                    t = p.cpu_times()
-                    total += t.user + t.system
-            return total
-
+        workers = 0.0
+        for p in self._workers:
+            with contextlib.suppress(Exception):  # a worker gone: its CPU is lost
+                t = p.cpu_times()
+                workers += t.user + t.system
         kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return {"workers": used(self._workers),
-                "redis": used([self._server] if self._server else []),
+        return {"workers": workers, "redis": h.server_cpu(self._redis),
                 "load": kids.ru_utime + kids.ru_stime}
+
+    def close(self) -> None:
+        self._redis.close()
 
 
 def run_variant(variant: str, worker_class: str, url: str, tmp: str, *, warm_s: float,
-                seconds: float, server_pid: int | None = None) -> dict[str, Any]:
+                seconds: float) -> dict[str, Any]:
     with gunicorn(variant, worker_class, url, tmp) as (port, out, master):
         load(port, warm_s, CONCURRENCY)
         before = snapshot(port)
-        cpu = CPUClock(master, server_pid)
+        cpu = CPUClock(master, url)
         cpu0 = cpu.read()
         t0 = time.monotonic()
         res = load(port, seconds, CONCURRENCY)
         t1 = time.monotonic()
         cpu1 = cpu.read()
+        cpu.close()
         after = snapshot(port)
     docs, dumped = _read_dumps(out)
     rps = res["requests"] / (res["duration_us"] / 1e6)
@@ -453,9 +454,8 @@ def measure(opts: h.Options, url: str, server: h.Server,
                 order = VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]
                 for variant in order:
                     server.client().flushall()
-                    rd[variant] = run_variant(
-                        variant, wc, url, tmp, warm_s=warm_s, seconds=seconds,
-                        server_pid=server.proc.pid if server.proc else None)
+                    rd[variant] = run_variant(variant, wc, url, tmp, warm_s=warm_s,
+                                               seconds=seconds)
                     print(f"  fleet {wc} round {r + 1}: {LABELS[variant]}: "
                           f"{rd[variant]['rps']:.0f} req/s", flush=True)
                 rounds[wc].append(rd)

@@ -126,6 +126,12 @@ def on_server(measure: Callable[[Server], T]) -> tuple[T, str, float]:
     return measured, version, started
 
 
+def server_cpu(client: Any) -> float:
+    """CPU seconds (system + user) the server has used so far (``INFO cpu``)."""
+    info = client.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
 def command_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     """Commands issued between two :meth:`Server.commandstats` snapshots, by name."""
     delta = {k: after.get(k, 0) - before.get(k, 0) for k in set(before) | set(after)}

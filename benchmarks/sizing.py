@@ -152,10 +152,10 @@ def real_notices(url: str) -> tuple[dict[str, bytes], dict[str, Any]]:
         ps.unsubscribe()
         ps.close()
         # Context: the server CPU one real set costs (its script: XADD, SET, PUBLISH).
-        cpu0, stats0 = _cpu(client), client.info("commandstats")
+        cpu0, stats0 = h.server_cpu(client), client.info("commandstats")
         for i in range(SETS):
             inv.set(key_name(i % 1000), {"id": i, "name": "x" * 20})
-        cpu1, stats1 = _cpu(client), client.info("commandstats")
+        cpu1, stats1 = h.server_cpu(client), client.info("commandstats")
     finally:
         inv.close()
         upd.close()
@@ -173,11 +173,6 @@ def real_notices(url: str) -> tuple[dict[str, bytes], dict[str, Any]]:
     for payload in notices.values():
         ts_offset(payload)
     return notices, context
-
-
-def _cpu(client: Any) -> float:
-    info = client.info("cpu")
-    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
 # -- subscriber and publisher processes -------------------------------------------------------
@@ -486,17 +481,17 @@ def run_case(nodes: list[Node], case: Case, duration: float,
             go.put((t0, t1))
         bus0 = [_bus_published(node) for node in nodes] if case.mode != "single" else []
         time.sleep(max(0.0, (t0 - time.monotonic_ns()) / 1e9))
-        cpu0 = [_cpu(node.client) for node in nodes]
+        cpu0 = [h.server_cpu(node.client) for node in nodes]
         w0 = time.monotonic_ns()
         watcher.start()
         time.sleep(max(0.0, (t1 - time.monotonic_ns()) / 1e9))
-        cpu1 = [_cpu(node.client) for node in nodes]
+        cpu1 = [h.server_cpu(node.client) for node in nodes]
         w1 = time.monotonic_ns()
         stop.set()
         pub_res = [pub_out.get(timeout=30) for _ in pubs]
         sub_res = [out.get(timeout=DRAIN_MAX_S + 30) for _ in subs]
         bus1 = [_bus_published(node) for node in nodes] if case.mode != "single" else []
-        cpu_end = [_cpu(node.client) for node in nodes]  # every notice processed by now
+        cpu_end = [h.server_cpu(node.client) for node in nodes]  # every notice processed by now
     finally:
         stop.set()
         for p in [*pubs, *subs]:

@@ -98,7 +98,7 @@ class Flight:
     __slots__ = ("_landed", "_patience", "deadline", "error", "landed", "owner", "seq",
                  "value")
 
-    def __init__(self, owner: int, patience: float, seq: int = 0) -> None:
+    def __init__(self, owner: int, patience: float, seq: int) -> None:
         self.owner = owner  # thread (or greenlet, once gevent patched) that leads
         # L1's seq when the flight began: its outcome may predate any write of the key that
         # L1 saw since (a follower then does not take it: see SingleFlight).
@@ -143,7 +143,7 @@ class Flights:
         self._guard = threading.Lock()  # held for a dict operation only
         self._flights: dict[str, Flight] = {}
 
-    def join(self, key: str, seq: int = 0) -> tuple[Flight, bool]:
+    def join(self, key: str, seq: int) -> tuple[Flight, bool]:
         """The flight of ``key`` and whether the caller leads it (it started it, at L1's
         ``seq``).
 
@@ -160,7 +160,7 @@ class Flights:
             raise RecursiveComputeError(key)
         return flight, False
 
-    def take_over(self, key: str, stale: Flight, seq: int = 0) -> tuple[Flight, bool]:
+    def take_over(self, key: str, stale: Flight, seq: int) -> tuple[Flight, bool]:
         """A follower gave up on ``stale``: lead a new flight in its place (at L1's ``seq``),
         unless another follower already did (then follow that one) or it landed (then join
         afresh)."""

@@ -128,7 +128,7 @@ class LocalStore:
         ``stale_for``: seconds past ``ttl`` that :meth:`stale` may still serve it; ``tags``:
         the value's (see :meth:`invalidate_tag`); ``version``: the write's (0: unknown)."""
         with self._lock:
-            moved = self._moved(key, seq)
+            moved = self.moved_since(key, seq)
             self._touch(key)
             if moved:
                 self._drop(key)
@@ -144,7 +144,7 @@ class LocalStore:
             expires_at = self._now() + ttl
             stored = 0
             for key, value in items:
-                moved = self._moved(key, seq)
+                moved = self.moved_since(key, seq)
                 self._touch(key)
                 if moved:
                     self._drop(key)
@@ -160,7 +160,7 @@ class LocalStore:
         negative for a value already stale: then only :meth:`stale` serves it. ``version``:
         what the read is at least as new as (0: unknown)."""
         with self._lock:
-            if self._moved(key, seq):
+            if self.moved_since(key, seq):
                 return False
             expires_at = self._now() + ttl
             return self._insert(key, value, expires_at, expires_at + stale_for, tags,
@@ -177,7 +177,7 @@ class LocalStore:
             now = self._now()
             stored = 0
             for key, value, ttl, tags in items:
-                if not self._moved(key, seq) and self._insert(
+                if not self.moved_since(key, seq) and self._insert(
                         key, value, now + ttl, now + ttl, tags, version=version):
                     stored += 1
             return stored
@@ -221,7 +221,7 @@ class LocalStore:
         """Remember that ``key`` has nothing (a cached ``NOT_FOUND`` read or computed at
         ``seq``, carrying ``tags``) for ``ttl`` seconds; False if ``key`` moved since."""
         with self._lock:
-            if self._moved(key, seq):
+            if self.moved_since(key, seq):
                 return False
             self._drop(key)
             negative = self.negative
@@ -335,7 +335,7 @@ class LocalStore:
             negative = self.negative
             for key, until in held.negative.items():
                 if (len(negative) < self.capacity and key not in data
-                        and not self._moved(key, held.seq)):
+                        and not self.moved_since(key, held.seq)):
                     negative.setdefault(key, until)
                 elif key not in data and key not in negative:
                     self._untag(key)  # not brought back: its tags go with it
@@ -363,10 +363,6 @@ class LocalStore:
     def moved_since(self, key: str, seq: int) -> bool:
         """Whether ``key`` was written or invalidated, or L1 flushed, after ``seq``: then a
         value read or computed from before may be older than what L1 was told of."""
-        return self._moved(key, seq)
-
-    def _moved(self, key: str, seq: int) -> bool:
-        """Whether ``key`` was written or invalidated, or L1 flushed, after ``seq``."""
         return self._floor > seq or self._touched.get(key, 0) > seq
 
     def _touch(self, key: str) -> None:

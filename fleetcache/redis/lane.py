@@ -29,6 +29,7 @@ client was built with another ``encoding``: then, and without hiredis, redis-py 
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -113,11 +114,9 @@ class CommandLane:
 def packer(connection_kwargs: dict[str, Any]) -> Packer | None:
     """hiredis's packer if it encodes as the connections' ``Encoder`` would, else None
     (redis-py's own)."""
-    encoding = str(connection_kwargs.get("encoding", "utf-8")).lower().replace("_", "-")
+    encoding = codecs.lookup(connection_kwargs.get("encoding", "utf-8")).name
     errors = connection_kwargs.get("encoding_errors", "strict")
-    if encoding in ("utf-8", "utf8") and errors == "strict":
-        return _hiredis_pack
-    return None
+    return _hiredis_pack if encoding == "utf-8" and errors == "strict" else None
 
 
 def _round_trip(conn: Any, args: tuple[Any, ...], pack: Packer | None) -> Any:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 import sys
 import uuid
 from typing import cast
 
 import redis
 from redis.commands.core import Script
+
+from ..core import fork
 
 logger = logging.getLogger("fleetcache")
 
@@ -100,18 +101,18 @@ class _TokenSource:
     """The prefix is drawn again in a forked child: a child with its parent's prefix and
     counter would hand out the parent's next tokens, and release its locks."""
 
-    __slots__ = ("count", "prefix")
+    __slots__ = ("__weakref__", "count", "prefix")  # the fork registry holds it weakly
 
     def __init__(self) -> None:
-        self.renew()
+        self._after_fork_in_child()
 
-    def renew(self) -> None:
+    def _after_fork_in_child(self) -> None:
         self.prefix = uuid.uuid4().hex
         self.count = itertools.count(1)
 
 
 _tokens = _TokenSource()
-os.register_at_fork(after_in_child=_tokens.renew)
+fork.register(_tokens)
 
 
 def _release_script(lock: Redlock) -> Script:

@@ -11,12 +11,12 @@ from fleetcache.core.flights import NO_VALUE, Flights
 
 def test_every_follower_wakes_with_the_outcome() -> None:
     flights = Flights(patience=5.0)
-    flight, leads = flights.join("k")
+    flight, leads = flights.join("k", 0)
     assert leads
     seen: list[object] = []
 
     def follow() -> None:
-        mine, leader = flights.join("k")
+        mine, leader = flights.join("k", 0)
         assert not leader and mine is flight
         assert mine.wait()
         seen.append(mine.value)
@@ -36,7 +36,7 @@ def test_every_follower_wakes_with_the_outcome() -> None:
 
 def test_a_follower_gives_up_at_the_deadline_and_progress_pushes_it_on() -> None:
     flights = Flights(patience=0.1)
-    flight, _ = flights.join("k")
+    flight, _ = flights.join("k", 0)
     started = time.monotonic()
     assert not flight.wait()
     assert 0.05 <= time.monotonic() - started < 1.0

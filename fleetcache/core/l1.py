@@ -35,7 +35,10 @@ a burst of one-off keys, such as a sweep, cannot push the hot set out. The sampl
 that survive go to the back, so the next eviction looks at others (a CLOCK hand). Every
 ``10 x capacity`` counted misses, all counts are halved, so a key that stops being read
 loses its place. An entry that leaves (evicted, invalidated, flushed) hands its count back
-to the sketch, so a hot key invalidated by a write is admitted again at once.
+to the sketch, so a hot key invalidated by a write is admitted again at once. A batch
+promotion (``get_many``) counts its misses in one pass and lets its strongest newcomers in
+first; once one loses its contest, the weaker rest are refused without sampling (100 cold
+keys into a full L1: one contest, not 100).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import math
 import threading
 from collections import OrderedDict
 from itertools import islice
+from operator import itemgetter
 from typing import Any, Final
 
 from .clock import SYSTEM_CLOCK, Clock
@@ -172,13 +176,17 @@ class LocalStore:
     ) -> int:
         """Promote ``(key, value, ttl, tags)`` reads taken at ``seq`` (all at least as new
         as ``version``) under one lock and one clock read; how many were stored (those
-        whose key did not move since)."""
+        whose key did not move since and that won a place, see :meth:`_admit`)."""
         with self._lock:
             now = self._now()
+            data = self.data
+            items = [item for item in items if not self.moved_since(item[0], seq)]
+            wanted = self._admit([item[0] for item in items if item[0] not in data])
             stored = 0
             for key, value, ttl, tags in items:
-                if not self.moved_since(key, seq) and self._insert(
-                        key, value, now + ttl, now + ttl, tags, version=version):
+                if key in data or key in wanted:
+                    self._place(key, value, now + ttl, now + ttl, tags=tags,
+                                version=version, wanted=wanted.pop(key, 0))
                     stored += 1
             return stored
 
@@ -409,19 +417,29 @@ class LocalStore:
     def _insert(self, key: str, value: Any, expires_at: float, usable_until: float,
                 tags: tuple[str, ...] = (), *, version: int = 0) -> bool:
         """Store ``key``, if it is resident or wins a place (see the module doc)."""
+        wanted = 0
+        if key not in self.data:
+            wanted = self._count_miss(key)
+            if len(self.data) >= self.capacity and not self._evict_for(wanted):
+                self._counters.l1_rejections += 1
+                return False
+        self._place(key, value, expires_at, usable_until, tags=tags, version=version,
+                    wanted=wanted)
+        return True
+
+    def _place(self, key: str, value: Any, expires_at: float, usable_until: float, *,
+               tags: tuple[str, ...], version: int, wanted: int) -> None:
+        """Write ``key``'s entry: in place if resident (it keeps its slot and its count),
+        else at the back with the count it was ``wanted`` with (room already made)."""
         data = self.data
         if self.negative:
             self.negative.pop(key, None)  # a value now: no longer "nothing"
         if self._key_tags:
             self._untag(key)  # the new value's tags replace the old one's
         old = data.get(key)
-        if old is not None:  # replaced in place: it keeps its slot and its count
+        if old is not None:
             data[key] = [value, expires_at, old[COUNT], usable_until]
         else:
-            wanted = self._count_miss(key)
-            if len(data) >= self.capacity and not self._evict_for(wanted):
-                self._counters.l1_rejections += 1
-                return False
             data[key] = [value, expires_at, wanted, usable_until]
             self._gone_hits -= wanted  # asked for before it was let in: not hits
         if tags:
@@ -432,10 +450,36 @@ class LocalStore:
                 versions[key] = version
             else:
                 versions.pop(key, None)
-        return True
+
+    def _admit(self, newcomers: list[str]) -> dict[str, int]:
+        """Count a batch's misses and make room for the strongest: newcomer -> its count,
+        for those let in.
+
+        The strongest go first: into free slots, then each against the eviction hand as
+        :meth:`_evict_for` decides, until one loses; the rest of the batch, weaker still,
+        is refused without sampling (a ``get_many`` of 100 cold keys into a full L1 costs
+        one contest, not 100)."""
+        self._count_misses(len(newcomers))  # ages first, as a lone miss does
+        counts = self._sketch.add_each(newcomers)
+        # strongest first; among equals, the batch's order (sorted is stable, reversed too)
+        order = sorted(zip(newcomers, counts, strict=True), key=itemgetter(1), reverse=True)
+        room = max(0, self.capacity - len(self.data))
+        admitted = dict(order[:room])
+        for key, count in order[room:]:
+            if not self._evict_for(count):
+                self._counters.l1_rejections += len(order) - len(admitted)
+                break
+            admitted[key] = count
+        return admitted
 
     def _count_miss(self, key: str) -> int:
-        self._counted += 1
+        self._count_misses(1)
+        return self._sketch.add(key)
+
+    def _count_misses(self, n: int) -> None:
+        """Note ``n`` counted misses; every ``AGE_EVERY x capacity`` of them, halve every
+        count (the sketch's and the entries')."""
+        self._counted += n
         if self._counted >= self._age_at:
             self._counted = 0
             self._sketch.halve()
@@ -443,7 +487,6 @@ class LocalStore:
                 count = entry[COUNT]
                 self._gone_hits += count - (count >> 1)
                 entry[COUNT] = count >> 1
-        return self._sketch.add(key)
 
     def _evict_for(self, wanted: int) -> bool:
         """Evict the weakest sampled entry if a newcomer asked for ``wanted`` times beats

@@ -102,15 +102,17 @@ class ReadPath:
         promote: list[tuple[str, Any, float, tuple[str, ...]]] = []
         l1_ttl = tiers.l1_ttl()
         wall = tiers.clock.time()
-        for key, blob in zip(cold, blobs, strict=True):
-            decoded = tiers.decode(key, blob)
-            left = tiers.servable_left(decoded, wall)
+        servable_left, hits = tiers.servable_left, 0
+        for key, decoded in zip(cold, tiers.decode_many(cold, blobs), strict=True):
+            left = servable_left(decoded, wall)
             if left <= 0:  # absent, corrupt, stale, or a cached NOT_FOUND
-                counters.misses += 1
                 continue
             value = decoded[0]  # type: ignore[index]
             found[key] = value
-            counters.l2_hits += 1
-            promote.append((key, value, min(l1_ttl, left), decoded[2]))  # type: ignore[index]
+            hits += 1
+            promote.append((key, value, l1_ttl if l1_ttl < left else left,
+                            decoded[2]))  # type: ignore[index]
+        counters.l2_hits += hits
+        counters.misses += len(cold) - hits
         counters.promotions += l1.store_many_if_unchanged(promote, seq, version)
         return found

@@ -52,6 +52,24 @@ class FrequencySketch:
             counts[b] = new
         return new
 
+    def add_each(self, keys: list[str]) -> list[int]:
+        """:meth:`add` once for each of ``keys``, in one call (a batch promotion's)."""
+        mask, counts = self._mask, self._counts
+        out = []
+        for key in keys:
+            h = hash(key)
+            a, b = h & mask, (h >> 32) & mask
+            ca, cb = counts[a], counts[b]
+            low = ca if ca < cb else cb
+            if low < _MAX:  # saturated: it stays there
+                low += 1
+                if ca < low:
+                    counts[a] = low
+                if cb < low:
+                    counts[b] = low
+            out.append(low)
+        return out
+
     def raise_to(self, key: str, n: int) -> None:
         """Make ``key``'s estimate at least ``n`` (an entry leaving L1 hands back its count)."""
         h, mask, counts = hash(key), self._mask, self._counts

@@ -620,3 +620,44 @@ def test_versions_go_with_their_entries(clock: FakeClock) -> None:
     store.put("k", "v3", 60.0, store.seq, version=20)
     store.clear(gap=True)
     assert store._versions == {}
+
+
+def test_a_batch_fills_free_slots_strongest_first(clock: FakeClock) -> None:
+    store = LocalStore(capacity=2, clock=clock)
+    for _ in range(3):
+        store._count_miss("popular")  # asked for before, never let in
+    items = [("a", 1, 60.0, ()), ("b", 2, 60.0, ()), ("popular", 3, 60.0, ())]
+    assert store.store_many_if_unchanged(items, store.seq) == 2
+    assert value_of(store, "popular") == 3 and value_of(store, "a") == 1
+    assert store.get("b") is None  # a tie with "a" goes to the batch's order
+
+
+def test_a_weak_batch_into_a_full_l1_costs_one_contest_and_evicts_nothing(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    counters = Counters()
+    store = LocalStore(capacity=3, clock=clock, counters=counters)
+    fill(store, "a", "b", "c", hits=2)
+    contests: list[int] = []
+    evict_for = LocalStore._evict_for
+    monkeypatch.setattr(LocalStore, "_evict_for", lambda self, wanted: contests.append(wanted)
+                        or evict_for(self, wanted))
+    items = [(f"cold{i}", i, 60.0, ()) for i in range(20)]  # 20 < the 30 misses that age
+    assert store.store_many_if_unchanged(items, store.seq) == 0
+    assert contests == [1]  # the strongest lost: the weaker rest are refused unsampled
+    assert counters.l1_rejections == 20 and counters.l1_evictions == 0
+    assert sorted(store.data) == ["a", "b", "c"]
+
+
+def test_a_strong_newcomer_in_a_batch_evicts_the_weakest(clock: FakeClock) -> None:
+    counters = Counters()
+    store = LocalStore(capacity=3, clock=clock, counters=counters)
+    fill(store, "a", "b", hits=3)
+    fill(store, "c")
+    for _ in range(4):
+        store._count_miss("d")
+    items = [("x", 0, 60.0, ()), ("d", 4, 60.0, ()), ("a", "A2", 60.0, ())]
+    assert store.store_many_if_unchanged(items, store.seq) == 2  # d let in, a replaced
+    assert store.get("c") is None and store.get("x") is None
+    assert value_of(store, "d") == 4 and value_of(store, "a") == "A2"
+    assert counters.l1_evictions == 1 and counters.l1_rejections == 1

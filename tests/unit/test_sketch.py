@@ -86,3 +86,12 @@ def test_only_the_smaller_counter_grows() -> None:
     assert estimate(sketch, cold) == 3
     probe = slotted("probe", 1, 4)  # counter 1 (hot's 5, untouched) and 4 (warm's 7)
     assert estimate(sketch, probe) == 5  # a plain count-min would have raised 1 to 8: 7
+
+
+def test_add_each_counts_like_add_one_at_a_time() -> None:
+    one, batch = FrequencySketch(100), FrequencySketch(100)
+    keys = [f"k{i % 37}" for i in range(500)] + [slotted("hot", 1, 2)] * 300
+    expected = [one.add(key) for key in keys]
+    assert batch.add_each(keys) == expected
+    assert max(expected) == 255  # saturates as add does
+    assert all(estimate(batch, key) == estimate(one, key) for key in set(keys))
